@@ -1,0 +1,417 @@
+"""The ``lmjax`` command: ``train``, ``generate``, ``plot`` and ``prepare`` over experiment files.
+
+Examples::
+
+    lmjax train --config experiments/gpt/gpt2.py:size=tiny --config.train.steps=50 --workdir runs/x
+    lmjax generate --workdir runs/x --prompt 'def parse(' --max_new_tokens 64 --top_k 40
+    lmjax plot runs/x --out runs/x/loss.png
+    lmjax prepare --config experiments/gpt/demo.py --workdir runs/demo
+
+``python -m lmjax ...`` is the same command. A multi-host run starts one process per host with
+``--coordinator_address host:port --num_processes N --process_id i`` (or the ``LMJAX_COORDINATOR``,
+``LMJAX_NUM_PROCESSES`` and ``LMJAX_PROCESS_ID`` environment variables); ``jax.distributed``
+is initialised before anything else touches JAX.
+
+Usage mistakes (unknown flags, bad config keys or values, a missing experiment file) print one
+line and exit with status 2; a run that cannot resume (e.g. a damaged checkpoint) prints one line
+and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from lmjax.config import ConfigError, apply_overrides, config_from_json, load_experiment, validate
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+INTERRUPTED = 130  # the shell's status for Ctrl-C
+CONFIG_FILE = "config.json"  # written by lmjax.train.loop beside the checkpoints
+DEBUG_ENV = "LMJAX_DEBUG"  # set to re-raise run errors with their traceback
+
+
+class UsageError(Exception):
+    """A mistake in the command line; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of the ``lmjax`` command and its subcommands."""
+    parser = _Parser(
+        prog="lmjax", allow_abbrev=False,
+        description="Train, sample from and plot language models defined by experiment files.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", allow_abbrev=False,
+        help="train an experiment (resumes from the workdir's latest checkpoint)",
+        description="Train an experiment; extra --config.<key>=<value> flags override its fields.",
+    )
+    _add_config_flags(train)
+    _add_distributed_flags(train)
+
+    generate = commands.add_parser(
+        "generate", allow_abbrev=False, help="sample from a trained run's latest checkpoint",
+        description="Restore a run's checkpoint and tokenizer and print samples. Unset sampling "
+        "flags default to the run's config.generate section.",
+    )
+    generate.add_argument("--workdir", required=True, help="the run directory to sample from")
+    generate.add_argument("--prompt", help="the text to continue")
+    generate.add_argument("--max_new_tokens", type=int, help="tokens to add to the prompt")
+    generate.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy")
+    generate.add_argument("--top_k", type=int, help="keep the k most likely tokens; 0 = off")
+    generate.add_argument("--top_p", type=float, help="nucleus probability mass; 1 = off")
+    generate.add_argument("--num_samples", type=int, help="how many continuations to print")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    generate.add_argument("--step", type=int, help="checkpoint step to restore (default: latest)")
+
+    plot = commands.add_parser(
+        "plot", allow_abbrev=False, help="plot a run's train/eval loss to a PNG",
+        description="Write a PNG of train and eval loss against the step.",
+    )
+    plot.add_argument("workdir", help="the run directory (holds metrics.jsonl)")
+    plot.add_argument("--out", help="PNG path (default: <workdir>/loss.png)")
+
+    prepare = commands.add_parser(
+        "prepare", allow_abbrev=False,
+        help="prepare an experiment's data and tokenizer without training",
+        description="Open the experiment's train and eval documents and train (or load) its "
+        "tokenizer into the workdir, so that a later `lmjax train` starts at once.",
+    )
+    _add_config_flags(prepare)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="EXPERIMENT.py[:ARGS]",
+        help="experiment file and its argument, e.g. experiments/gpt/gpt2.py:size=tiny",
+    )
+    parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs)")
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host")
+    group.add_argument("--coordinator_address", help="host:port of process 0's coordinator")
+    group.add_argument("--num_processes", type=int, help="number of processes in the run")
+    group.add_argument("--process_id", type=int, help="this process's id, 0..num_processes-1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands.
+# ----------------------------------------------------------------------------------------------
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    """Connects the processes of a multi-host run; must run before any other JAX call."""
+    given = [args.coordinator_address, args.num_processes, args.process_id]
+    from lmjax.train import distributed
+
+    if all(value is None for value in given):
+        try:
+            distributed.initialize_from_environment()
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return
+    if any(value is None for value in given):
+        raise UsageError(
+            "a multi-host run needs all of --coordinator_address, --num_processes and --process_id"
+        )
+    try:
+        distributed.initialize_distributed(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def loaded_config(spec: str, overrides: Sequence[str]):
+    """Returns the experiment's config with the overrides applied, validated.
+
+    Raises:
+        UsageError: for any problem in the experiment file, its argument or the overrides.
+    """
+    try:
+        config = load_experiment(spec)
+        apply_overrides(config, overrides)
+        return validate(config)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:  # e.g. an unknown model preset or field from the model registry
+        raise UsageError(f"{spec}: {error}") from None
+
+
+def _check_mesh(config) -> None:
+    """Builds the experiment's mesh and checks its rules on this machine's devices."""
+    from lmjax.train import mesh as mesh_lib
+
+    try:
+        mesh = mesh_lib.build_mesh(config.mesh)
+        mesh_lib.check_rules(config.rules, mesh)
+    except ValueError as error:
+        raise UsageError(f"config.mesh / config.rules: {error}") from None
+
+
+def run_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``lmjax train``: loads, overrides and validates the config, then runs the train loop."""
+    _initialize_distributed(args)
+    config = loaded_config(args.config, overrides)
+    _check_mesh(config)
+    from lmjax.train import loop
+    from lmjax.train.checkpoints import CheckpointError
+
+    try:
+        loop.train(config, args.workdir)  # prints its own summary line on process 0
+    except CheckpointError:
+        raise  # reported by main() with exit status 1
+    except (ValueError, FileNotFoundError) as error:  # found while building the run: data, vocab
+        if os.environ.get(DEBUG_ENV) or isinstance(error, io.UnsupportedOperation):
+            raise
+        raise UsageError(f"{error} (set {DEBUG_ENV}=1 for the traceback)") from None
+    return 0
+
+
+def run_prepare(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``lmjax prepare``: opens the documents and trains (or loads) the tokenizer."""
+    config = loaded_config(args.config, overrides)
+    from lmjax import data
+
+    try:
+        train_docs = data.open_documents(config.data, config.data.train_split)
+        eval_docs = data.open_documents(config.data, config.data.eval_split)
+        tokenizer = data.load_or_train_tokenizer(config.tokenizer, train_docs, args.workdir)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    print(
+        f"{config.data.source}: {len(train_docs)} train / {len(eval_docs)} eval documents; "
+        f"tokenizer vocab_size {tokenizer.vocab_size} in {os.path.abspath(args.workdir)}"
+    )
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """``lmjax plot``: writes the loss PNG and prints its path."""
+    from lmjax.train.plot import plot_metrics
+
+    try:
+        print(plot_metrics(args.workdir, args.out))
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def saved_run_config(workdir: str, extra: dict[str, Any]):
+    """Returns the config a run was trained with: from the checkpoint's extra, else config.json.
+
+    Raises:
+        UsageError: when neither holds a config.
+    """
+    saved = extra.get("config")
+    if saved:
+        return config_from_json(saved)
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return config_from_json(f.read())
+    raise UsageError(
+        f"{workdir} holds no saved config (neither in the checkpoint nor {CONFIG_FILE}); "
+        "was it written by `lmjax train`?"
+    )
+
+
+def saved_run_tokenizer(config, workdir: str):
+    """Returns the tokenizer a run trained with (its file, or the one cached in the workdir)."""
+    from lmjax.data.tokenizers import load_or_train_tokenizer
+
+    if not config.tokenizer.path and not os.path.isdir(os.path.join(workdir, "tokenizer")):
+        raise UsageError(
+            f"{workdir} has no trained tokenizer ({os.path.join(workdir, 'tokenizer')} is "
+            "missing); sample from the workdir that `lmjax train` wrote."
+        )
+    return load_or_train_tokenizer(config.tokenizer, (), workdir)
+
+
+def generated_texts(
+    config,
+    workdir: str,
+    ckpt,
+    step: int | None = None,
+    prompt: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Returns ``num_samples`` continuations of ``prompt`` from a run's checkpoint.
+
+    The parameters are restored alone (no optimizer state) onto one local device; arguments left
+    as None take the run's ``config.generate`` values. A temperature of 0 decodes greedily.
+
+    Args:
+        config: the run's config (``saved_run_config``).
+        workdir: the run directory (for its tokenizer).
+        ckpt: a :class:`lmjax.train.checkpoints.Checkpointer` over the run's checkpoints.
+        step: the checkpoint step (None = latest).
+        prompt, max_new_tokens, temperature, top_k, top_p, num_samples: sampling settings.
+        seed: the sampling seed.
+
+    Returns:
+        The prompt followed by each sample's continuation, cut after the end-of-text token.
+    """
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lmjax import models
+    from lmjax.decoding import generate
+    from lmjax.train import mesh as mesh_lib
+
+    settings = config.generate
+    prompt = settings.prompt if prompt is None else prompt
+    max_new_tokens = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
+    temperature = settings.temperature if temperature is None else temperature
+    top_k = settings.top_k if top_k is None else top_k
+    top_p = settings.top_p if top_p is None else top_p
+    num_samples = settings.num_samples if num_samples is None else num_samples
+    if max_new_tokens < 0 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or num_samples < 1:
+        raise UsageError(
+            "sampling flags out of range: need --max_new_tokens >= 0, --temperature >= 0, "
+            "--top_k >= 0, 0 < --top_p <= 1 and --num_samples >= 1"
+        )
+    tokenizer = saved_run_tokenizer(config, workdir)
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        if tokenizer.bos_id is None:
+            raise UsageError("the prompt encodes to no tokens; pass a non-empty --prompt")
+        prompt_ids = [tokenizer.bos_id]
+    max_len = config.model.get("max_len")
+    if max_len and len(prompt_ids) + max_new_tokens > max_len:
+        raise UsageError(
+            f"the prompt ({len(prompt_ids)} tokens) plus --max_new_tokens {max_new_tokens} exceeds "
+            f"the model's {max_len} positions; shorten the prompt or lower --max_new_tokens"
+        )
+
+    model = models.build(config.model)
+    # Every mesh axis of size 1 on one device: the rules resolve, and nothing is split.
+    one_device = jax.local_devices()[:1]
+    mesh = mesh_lib.build_mesh([(row[0], 1) for row in config.mesh], devices=one_device)
+    rules = mesh_lib.check_rules(config.rules, mesh)
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(
+            lambda key: model.init(
+                {"params": key, "dropout": key},
+                jnp.zeros((1, len(prompt_ids)), jnp.int32),
+                deterministic=True,
+            )["params"],
+            jax.random.key(0),
+        )
+    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
+    abstract_params = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.meta.unbox(boxed), shardings,
+    )
+    params = ckpt.restore_params(abstract_params, step)
+
+    prompts = np.tile(np.asarray(prompt_ids, np.int32)[None, :], (num_samples, 1))  # [B, T]
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        sequences = generate(
+            model, params, prompts, None, jax.random.key(seed), max_new_tokens,
+            temperature=temperature if temperature > 0 else 1.0, top_k=top_k, top_p=top_p,
+            greedy=temperature == 0, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        )
+    texts = []
+    for row in np.asarray(sequences).tolist():  # [B, T + N]
+        new = row[len(prompt_ids):]
+        if tokenizer.eos_id is not None and tokenizer.eos_id in new:
+            new = new[: new.index(tokenizer.eos_id)]
+        texts.append(tokenizer.decode(row[: len(prompt_ids)] + new))
+    return texts
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``lmjax generate``: restores the run's params and tokenizer and prints samples."""
+    from lmjax.train import checkpoints
+
+    workdir = os.path.abspath(args.workdir)
+    directory = checkpoints.checkpoint_directory(workdir)
+    if not os.path.isdir(directory):
+        raise UsageError(
+            f"No checkpoints in {directory}; train first with "
+            f"`lmjax train --config <experiment.py> --workdir {args.workdir}`."
+        )
+    with checkpoints.Checkpointer(directory, read_only=True) as ckpt:
+        try:
+            step = ckpt.latest_step() if args.step is None else args.step
+            config = saved_run_config(workdir, ckpt.restore_extra(step))
+            texts = generated_texts(
+                config, workdir, ckpt, step=step, prompt=args.prompt,
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples, seed=args.seed,
+            )
+        except checkpoints.CheckpointNotFoundError as error:
+            raise UsageError(str(error)) from None
+    for index, text in enumerate(texts):
+        print(f"=== sample {index + 1} (step {step}) ===")
+        print(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point.
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``lmjax`` command line; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 2 for a usage or config mistake, 1 when a run cannot continue.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if args.command in ("train", "prepare"):
+            return run_train(args, extras) if args.command == "train" else run_prepare(args, extras)
+        if extras:
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extras)} (see `lmjax {args.command} --help`)"
+            )
+        if args.command == "plot":
+            return run_plot(args)
+        return run_generate(args)
+    except UsageError as error:
+        print(f"lmjax: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except _run_errors() as error:
+        print(f"lmjax: error: {error}", file=sys.stderr)
+        return RUN_ERROR
+    except KeyboardInterrupt:  # the loop has closed its checkpointer: finished saves are kept
+        print("lmjax: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """Returns the errors that stop a run for a reason the user fixes (printed as one line)."""
+    from lmjax.train.checkpoints import CheckpointError
+
+    return (CheckpointError,)

@@ -1,0 +1,51 @@
+"""Decoding for lmjax decoder-only models: logits processors, the KV-cache step and ``generate``.
+
+``sampling``  pure, jittable processors (temperature, top-k, top-p) and token choosers.
+``generate``  prefill + one jitted ``while_loop`` over new tokens with the model's KV cache.
+"""
+
+from lmjax.decoding.generate import (
+    DecodeState,
+    decode_step_logits,
+    decoded_state,
+    emitted,
+    empty_cache,
+    generate,
+    generate_with_scores,
+    prefill_logits,
+    prompt_positions,
+)
+from lmjax.decoding.sampling import (
+    MASKED_LOGIT,
+    SamplingOptions,
+    greedy_tokens,
+    next_tokens,
+    processed_logits,
+    sampled_tokens,
+    temperature_scaled_logits,
+    token_log_probs,
+    top_k_filtered_logits,
+    top_p_filtered_logits,
+)
+
+__all__ = [
+    "DecodeState",
+    "MASKED_LOGIT",
+    "SamplingOptions",
+    "decode_step_logits",
+    "decoded_state",
+    "emitted",
+    "empty_cache",
+    "generate",
+    "generate_with_scores",
+    "greedy_tokens",
+    "next_tokens",
+    "prefill_logits",
+    "processed_logits",
+    "prompt_positions",
+    "sampled_tokens",
+    "temperature_scaled_logits",
+    "token_log_probs",
+    "top_k_filtered_logits",
+    "top_p_filtered_logits",
+]

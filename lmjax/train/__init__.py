@@ -1,0 +1,5 @@
+"""Training: state, optimizers, mesh, the generic step, checkpoints, the loop, logging and plots.
+
+Import the submodule you need (``lmjax.train.loop``, ``lmjax.train.checkpoints``, ...); this package
+imports nothing itself so that ``lmjax plot`` and friends stay quick and light.
+"""

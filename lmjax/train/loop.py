@@ -1,0 +1,522 @@
+"""The training driver: ``train(config, workdir) -> summary``, split into small steps.
+
+``train`` reads like the recipe it runs::
+
+    mesh, rules = build_mesh_and_rules(config)
+    tokenizer  = build_tokenizer(config, workdir)          # trained once, on process 0
+    model, objective, tx, schedule = build_model_and_optimizer(config, tokenizer)
+    batches    = build_batches(config, tokenizer)          # this process's slice of each batch
+    state ...  = init_or_restore_state(...)                # resumes from the latest checkpoint
+    state      = train_loop(...)                           # log, eval, checkpoint
+    summary    = finish_run(...)                           # baseline, samples, plot
+
+A killed run restarted with the same command resumes from its latest checkpoint: the parameters,
+optimizer state and step, the RNG key every step's key is folded from, and the data iterator's
+position all come back, so the resumed run computes exactly the steps an uninterrupted one would
+(``tests/train/test_resume.py``). The checkpoint restores onto the current mesh, whatever mesh
+wrote it.
+
+Multi-process runs (``lmjax.train.distributed``): every process runs this same code and feeds its
+slice of each global batch; files (tokenizer, metrics, samples, plot, config.json) are written by
+process 0, and the others wait at a barrier where they need the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from lmjax import data, models, objectives
+from lmjax.config import config_to_json
+from lmjax.decoding import generate
+from lmjax.eval.perplexity import unigram_baseline_loss_of_batches
+from lmjax.train import distributed
+from lmjax.train import mesh as mesh_lib
+from lmjax.train import step as step_lib
+from lmjax.train.checkpoints import Checkpointer, checkpoint_directory
+from lmjax.train.logging import UNIGRAM_KEY, MetricsLogger
+from lmjax.train.optimizers import make_optimizer, make_schedule
+from lmjax.train.plot import plot_metrics
+from lmjax.train.state import TrainState, abstract_train_state, init_state, parameter_count
+
+CONFIG_FILE = "config.json"
+SAMPLES_FILE = "samples.txt"
+# Tokens used to fit the unigram baseline (a few hundred thousand is plenty for its 4 digits).
+_UNIGRAM_FIT_TOKENS = 1 << 20
+_DOCUMENT_PROMPTS = 2  # held-out documents whose first tokens also prompt the samples
+_DOCUMENT_PROMPT_TOKENS = 8
+
+
+@dataclasses.dataclass
+class RunKeys:
+    """The run's PRNG keys: ``params`` initialises the model; step s uses ``fold_in(step, s)``."""
+
+    params: jax.Array
+    step: jax.Array
+    eval: jax.Array
+
+    @classmethod
+    def from_seed(cls, seed: int) -> RunKeys:
+        params, step, eval_key = jax.random.split(jax.random.key(seed), 3)
+        return cls(params=params, step=step, eval=eval_key)
+
+    def step_key_data(self) -> list[int]:
+        """Returns the step key's raw data (JSON-able) for the checkpoint."""
+        return np.asarray(jax.random.key_data(self.step)).tolist()
+
+    def with_step_key_data(self, key_data: Sequence[int]) -> RunKeys:
+        """Returns these keys with the step key restored from a checkpoint's raw data."""
+        step = jax.random.wrap_key_data(np.asarray(key_data, np.uint32))
+        return dataclasses.replace(self, step=step)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the pieces.
+# --------------------------------------------------------------------------------------------
+
+
+def build_mesh_and_rules(config: Any) -> tuple[jax.sharding.Mesh, mesh_lib.Rules]:
+    """Returns the experiment's mesh over every device of every process, and its checked rules."""
+    mesh = mesh_lib.build_mesh(config.mesh)
+    return mesh, mesh_lib.check_rules(config.rules, mesh)
+
+
+def build_tokenizer(config: Any, workdir: str) -> data.Tokenizer:
+    """Returns the experiment's tokenizer, trained into ``workdir`` once (by process 0).
+
+    The other processes wait at a barrier and then load the file process 0 wrote.
+    """
+
+    def load_or_train() -> data.Tokenizer:
+        documents = (
+            ()
+            if config.tokenizer.path
+            else data.open_documents(config.data, config.data.train_split)
+        )
+        return data.load_or_train_tokenizer(config.tokenizer, documents, workdir)
+
+    tokenizer = load_or_train() if distributed.is_main_process() else None
+    distributed.barrier("lmjax_tokenizer_ready")
+    return tokenizer if tokenizer is not None else load_or_train()
+
+
+def check_vocab_fits(tokenizer_vocab_size: int, model_cfg: Any) -> None:
+    """Raises when the tokenizer produces ids the model's embedding has no row for."""
+    model_vocab = model_cfg.get("vocab_size")
+    if model_vocab is not None and tokenizer_vocab_size > model_vocab:
+        raise ValueError(
+            f"the tokenizer has {tokenizer_vocab_size} tokens but the model's embedding has only "
+            f"model.vocab_size={model_vocab} rows, so ids >= {model_vocab} would have no row. Set "
+            f"--config.model.vocab_size={tokenizer_vocab_size} (or larger), or use a tokenizer "
+            "with a smaller vocabulary."
+        )
+
+
+def check_token_ids(host_batch: dict[str, np.ndarray], vocab_size: int) -> None:
+    """Raises when a batch's ``inputs`` / ``targets`` hold an id outside ``[0, vocab_size)``.
+
+    An out-of-range id would otherwise be clamped silently by the embedding lookup.
+    """
+    for name in ("inputs", "targets"):
+        ids = host_batch.get(name)
+        if ids is None or ids.size == 0:
+            continue
+        low, high = int(ids.min()), int(ids.max())
+        if high >= vocab_size or low < 0:
+            bad = np.unique(ids[(ids >= vocab_size) | (ids < 0)])[:5].tolist()
+            raise ValueError(
+                f"batch[{name!r}] holds token ids {bad} outside "
+                f"[0, model.vocab_size={vocab_size}). "
+                f"Set --config.model.vocab_size to at least {high + 1} (the tokenizer's vocabulary "
+                "size), or fix the tokenizer / data that produced these ids."
+            )
+
+
+def build_model_and_optimizer(config: Any, tokenizer: data.Tokenizer) -> tuple[Any, Any, Any, Any]:
+    """Returns ``(model, objective, tx, schedule)``, after checking the vocabulary fits."""
+    check_vocab_fits(tokenizer.vocab_size, config.model)
+    model = models.build(config.model)
+    objective = objectives.get(config.objective.name)
+    schedule = make_schedule(config.optimizer, config.train.steps)
+    tx = make_optimizer(config.optimizer, config.train.steps)
+    return model, objective, tx, schedule
+
+
+def build_batches(config: Any, tokenizer: data.Tokenizer) -> tuple[data.LMBatches, list[dict]]:
+    """Returns this process's training iterator and its slices of the fixed eval batches."""
+    train_batches = data.train_batches(config.data, tokenizer, config.train.global_batch)
+    eval_batches = data.eval_batches(
+        config.data, tokenizer, config.train.global_batch, config.train.eval_batches
+    )
+    return train_batches, eval_batches
+
+
+def model_init_inputs(
+    objective: Any, host_batch: dict[str, np.ndarray]
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Returns one-row shapes of the model's keyword inputs after the objective's corruption."""
+    one_row = {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in host_batch.items()}
+    corrupted = jax.eval_shape(objective.corrupt, jax.random.key(0), one_row)
+    missing = [name for name in objective.model_inputs if name not in corrupted]
+    if missing:
+        raise ValueError(
+            f"objective {objective.name!r} feeds the model {missing}, which the batches "
+            f"(keys {sorted(corrupted)}) do not have; use data that provides them."
+        )
+    return {name: corrupted[name] for name in objective.model_inputs}
+
+
+# --------------------------------------------------------------------------------------------
+# State: fresh or resumed.
+# --------------------------------------------------------------------------------------------
+
+
+def init_or_restore_state(
+    config: Any,
+    model: Any,
+    tx: Any,
+    init_inputs: dict[str, jax.ShapeDtypeStruct],
+    mesh: jax.sharding.Mesh,
+    rules: mesh_lib.Rules,
+    checkpointer: Checkpointer,
+    train_batches: data.LMBatches,
+) -> tuple[TrainState, TrainState, RunKeys]:
+    """Returns ``(state, state_shardings, keys)``: restored from the latest checkpoint, or fresh.
+
+    On resume the data iterator is moved to the checkpoint's position and the step key comes from
+    the checkpoint, so the following steps see the batches and keys an uninterrupted run would.
+    """
+    keys = RunKeys.from_seed(config.train.seed)
+    abstract_state, shardings = abstract_train_state(model, tx, init_inputs, mesh, rules)
+    if checkpointer.latest_step() is None:
+        state, shardings = init_state(model, tx, init_inputs, mesh, rules, keys.params, shardings)
+        return state, shardings, keys
+    state, extra = checkpointer.restore(abstract_state)
+    train_batches.restore(extra["data"])
+    return state, shardings, keys.with_step_key_data(extra["step_key"])
+
+
+def checkpoint_extra(config: Any, keys: RunKeys, train_batches: data.LMBatches) -> dict[str, Any]:
+    """Returns the JSON side of a checkpoint: the step key, the data position and the config."""
+    return {
+        "step_key": keys.step_key_data(),
+        "seed": int(config.train.seed),
+        "data": train_batches.state(),
+        "config": config_to_json(config),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation.
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    eval_step: step_lib.MeshBoundStep,
+    params: Any,
+    eval_batches: list[dict[str, np.ndarray]],
+    mesh: jax.sharding.Mesh,
+    rules: mesh_lib.Rules,
+    key: jax.Array,
+) -> dict[str, float]:
+    """Returns per-token eval metrics over all eval batches (exact: sums, then one division)."""
+    totals: dict[str, float] = {}
+    for index, host_batch in enumerate(eval_batches):
+        batch = step_lib.host_batch_to_global(host_batch, mesh, rules)
+        sums = jax.device_get(eval_step(params, batch, jax.random.fold_in(key, index)))
+        for name, value in sums.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return step_lib.eval_means(totals)
+
+
+def train_loop(
+    config: Any,
+    state: TrainState,
+    train_step: step_lib.MeshBoundStep,
+    eval_step: step_lib.MeshBoundStep,
+    train_batches: Iterator[dict[str, np.ndarray]],
+    eval_batches: list[dict[str, np.ndarray]],
+    keys: RunKeys,
+    mesh: jax.sharding.Mesh,
+    rules: mesh_lib.Rules,
+    checkpointer: Checkpointer,
+    logger: MetricsLogger,
+) -> TrainState:
+    """Returns the state after training from ``state.step`` to ``config.train.steps``.
+
+    Step ``s`` (0-based) trains on the next batch with key ``fold_in(keys.step, s)``; metrics are
+    logged under the number of updates done (``s + 1``) every ``log_every`` updates, eval runs every
+    ``eval_every`` and checkpoints are started every ``checkpoint_every`` (both also at the end, by
+    ``train``).
+    """
+    cfg = config.train
+    vocab_size = int(config.model.get("vocab_size") or np.iinfo(np.int32).max)
+    for step in range(int(state.step), cfg.steps):
+        host_batch = next(train_batches)
+        check_token_ids(host_batch, vocab_size)
+        batch = step_lib.host_batch_to_global(host_batch, mesh, rules)
+        state, metrics = train_step(state, batch, jax.random.fold_in(keys.step, step))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            logger.log(done, jax.device_get(metrics))
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            logger.log(
+                done,
+                evaluate(eval_step, state.params, eval_batches, mesh, rules, keys.eval),
+                split="eval",
+            )
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
+            checkpointer.save(done, state, checkpoint_extra(config, keys, train_batches))
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The end of a run: baseline, samples, plot, summary.
+# --------------------------------------------------------------------------------------------
+
+
+def unigram_baseline(config: Any, tokenizer: data.Tokenizer) -> float:
+    """Returns the held-out loss of a unigram model fitted on training batches (nats/token).
+
+    Uses whole global batches (not this process's slice); call it on one process.
+    """
+    tokens_per_batch = config.train.global_batch * config.data.seq_len
+    num_fit = max(1, min(64, _UNIGRAM_FIT_TOKENS // tokens_per_batch))
+    fit = data.train_batches(
+        config.data, tokenizer, config.train.global_batch, process_index=0, process_count=1
+    )
+    held_out = data.eval_batches(
+        config.data,
+        tokenizer,
+        config.train.global_batch,
+        config.train.eval_batches,
+        process_index=0,
+        process_count=1,
+    )
+    return unigram_baseline_loss_of_batches(
+        (next(fit) for _ in range(num_fit)), held_out, tokenizer.vocab_size
+    )
+
+
+def sample_prompts(config: Any, tokenizer: data.Tokenizer) -> list[list[int]]:
+    """Returns the token ids of the sample prompts: ``generate.prompt`` and held-out openings."""
+    prompts = [tokenizer.encode(config.generate.prompt)] if config.generate.prompt else []
+    documents = data.open_documents(config.data, config.data.eval_split)
+    for index in range(min(_DOCUMENT_PROMPTS, len(documents))):
+        prompts.append(tokenizer.encode(documents[index])[:_DOCUMENT_PROMPT_TOKENS])
+    prompts = [p for p in prompts if p]
+    if not prompts and tokenizer.bos_id is not None:
+        prompts = [[tokenizer.bos_id]]
+    return prompts
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns int32 [P, T] prompts left-padded with ``pad_id`` and their [P, T] mask."""
+    width = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    return tokens, mask
+
+
+def generated_samples(
+    config: Any, model: Any, params: Any, tokenizer: data.Tokenizer, key: jax.Array
+) -> str:
+    """Returns greedy and sampled continuations of the sample prompts, as text for samples.txt.
+
+    ``params`` must be addressable by this process (see ``_params_on_this_process``).
+    """
+    gen = config.generate
+    prompts = sample_prompts(config, tokenizer)
+    max_len = config.model.get("max_len")
+    if max_len:  # keep the prompts' ends, leaving room for the new tokens in the position table
+        keep = max_len + 1 - gen.max_new_tokens if gen.max_new_tokens < max_len else max_len // 2
+        prompts = [p[-max(1, keep) :] for p in prompts]
+    if not prompts:
+        return "(no prompt: generate.prompt is empty and the tokenizer has no BOS token)\n"
+    tokens, mask = _left_padded(prompts, tokenizer.pad_id)
+    new_tokens = (
+        gen.max_new_tokens
+        if not max_len
+        else min(gen.max_new_tokens, max_len - tokens.shape[1] + 1)
+    )
+    common = dict(max_new_tokens=new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    greedy = np.asarray(generate(model, params, tokens, mask, None, greedy=True, **common))
+    repeats = gen.num_samples
+    sampled = np.asarray(
+        generate(
+            model,
+            params,
+            np.repeat(tokens, repeats, 0),
+            np.repeat(mask, repeats, 0),
+            key,
+            temperature=gen.temperature if gen.temperature > 0 else 1.0,
+            top_k=gen.top_k,
+            top_p=gen.top_p,
+            greedy=gen.temperature == 0,
+            **common,
+        )
+    )
+    width = tokens.shape[1]
+
+    def text(row: np.ndarray, prompt: list[int]) -> str:
+        new = row[width:].tolist()
+        if tokenizer.eos_id is not None and tokenizer.eos_id in new:
+            new = new[: new.index(tokenizer.eos_id)]
+        return tokenizer.decode(prompt + new)
+
+    parts = []
+    for index, prompt in enumerate(prompts):
+        parts.append(f"=== prompt {index + 1}, greedy ===\n{text(greedy[index], prompt)}\n")
+        for sample in range(repeats):
+            settings = f"temperature {gen.temperature}, top_k {gen.top_k}, top_p {gen.top_p}"
+            parts.append(
+                f"=== prompt {index + 1}, sample {sample + 1} ({settings}) ===\n"
+                f"{text(sampled[index * repeats + sample], prompt)}\n"
+            )
+    return "\n".join(parts)
+
+
+def _params_on_this_process(params: Any) -> Any:
+    """Returns params this process can compute with alone (gathered to host when multi-process)."""
+    if jax.process_count() == 1:
+        return params
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def finish_run(
+    config: Any,
+    workdir: str,
+    model: Any,
+    state: TrainState,
+    tokenizer: data.Tokenizer,
+    final_eval: dict[str, float],
+    keys: RunKeys,
+    logger: MetricsLogger,
+) -> dict[str, Any]:
+    """Logs the final eval and unigram baseline, writes samples and plot; returns the summary.
+
+    Every process must call it (gathering the params for sampling is collective); files are written
+    by the main process only.
+    """
+    main = distributed.is_main_process()
+    step = int(state.step)
+    baseline = unigram_baseline(config, tokenizer) if main else None
+    logger.log(step, dict(final_eval, **({UNIGRAM_KEY: baseline} if main else {})), split="eval")
+    logger.flush()
+    params = _params_on_this_process(state.params) if config.generate.max_new_tokens > 0 else None
+    samples_path = plot_path = None
+    if main:
+        if params is not None:
+            samples_path = os.path.join(workdir, SAMPLES_FILE)
+            text = generated_samples(
+                config, model, params, tokenizer, jax.random.fold_in(keys.eval, step)
+            )
+            with open(samples_path, "w", encoding="utf-8") as f:
+                f.write(text)
+        plot_path = plot_metrics(workdir)
+    distributed.barrier("lmjax_run_finished")
+    return {
+        "workdir": workdir,
+        "step": step,
+        "parameters": parameter_count(state.params),
+        "final_eval_loss": final_eval.get("loss"),
+        "final_eval_accuracy": final_eval.get("accuracy"),
+        "unigram_baseline_loss": baseline,
+        "checkpoint_dir": checkpoint_directory(workdir),
+        "metrics": logger.metrics_path,
+        "plot": plot_path,
+        "samples": samples_path,
+    }
+
+
+def _write_config(config: Any, workdir: str) -> None:
+    """Writes the run's config as JSON (main process), for ``lmjax generate`` and for readers."""
+    if distributed.is_main_process():
+        with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(json.dumps(json.loads(config_to_json(config)), indent=2, sort_keys=True))
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the experiment ``config`` in ``workdir`` and returns a summary.
+
+    Args:
+        config: a validated experiment config (``lmjax.config``): model, objective, data,
+            tokenizer, optimizer, train, mesh, rules, generate.
+        workdir: the run directory: tokenizer, checkpoints, metrics.jsonl, TensorBoard events,
+            samples.txt, loss.png and config.json end up here.
+
+    Returns:
+        ``{'workdir', 'step', 'parameters', 'final_eval_loss', 'final_eval_accuracy',
+        'unigram_baseline_loss', 'checkpoint_dir', 'metrics', 'plot', 'samples'}`` (the baseline,
+        plot and samples are None on processes other than 0).
+
+    Raises:
+        ValueError: on a tokenizer that does not fit the model, token ids outside the vocabulary,
+            a mesh or rules problem, or a batch that does not split over the mesh.
+        lmjax.train.checkpoints.CheckpointCorruptedError: when the latest checkpoint is damaged
+            (the message names it and how to fall back to the previous one).
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh, rules = build_mesh_and_rules(config)
+    tokenizer = build_tokenizer(config, workdir)
+    model, objective, tx, schedule = build_model_and_optimizer(config, tokenizer)
+    train_batches, eval_batches = build_batches(config, tokenizer)
+    init_inputs = model_init_inputs(objective, eval_batches[0])
+    _write_config(config, workdir)
+
+    checkpointer = Checkpointer(checkpoint_directory(workdir), keep=config.train.keep_checkpoints)
+    logger = MetricsLogger(workdir, config.train.steps, enabled=distributed.is_main_process())
+    try:
+        state, shardings, keys = init_or_restore_state(
+            config, model, tx, init_inputs, mesh, rules, checkpointer, train_batches
+        )
+        train_step = step_lib.make_train_step(
+            model,
+            objective,
+            tx,
+            schedule,
+            mesh,
+            rules,
+            shardings,
+            grad_accum=config.train.grad_accum,
+        )
+        eval_step = step_lib.make_eval_step(model, objective, mesh, rules, shardings.params)
+        state = train_loop(
+            config,
+            state,
+            train_step,
+            eval_step,
+            train_batches,
+            eval_batches,
+            keys,
+            mesh,
+            rules,
+            checkpointer,
+            logger,
+        )
+        checkpointer.save(int(state.step), state, checkpoint_extra(config, keys, train_batches))
+        final_eval = evaluate(eval_step, state.params, eval_batches, mesh, rules, keys.eval)
+        checkpointer.wait()
+        summary = finish_run(config, workdir, model, state, tokenizer, final_eval, keys, logger)
+    finally:
+        checkpointer.close()
+        logger.close()
+    if distributed.is_main_process():
+        print(
+            f"step {summary['step']}: eval loss {summary['final_eval_loss']:.4f} "
+            f"(unigram baseline {summary['unigram_baseline_loss']:.4f}); checkpoints "
+            f"{summary['checkpoint_dir']}, plot {summary['plot']}, samples {summary['samples']}",
+            flush=True,
+        )
+    return summary

@@ -1,0 +1,115 @@
+"""Every experiment file and size loads, validates and describes a buildable model (no arrays)."""
+
+import ast
+import glob
+import os
+
+import pytest
+
+from lmjax import axes, models
+from lmjax.config import ConfigError, apply_overrides, load_experiment, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT_FILES = sorted(
+    os.path.relpath(path, REPO)
+    for path in glob.glob(os.path.join(REPO, "experiments", "*", "*.py"))
+    if not os.path.basename(path).startswith("_")
+)
+VARIANTS = {
+    "experiments/gpt/gpt1.py": ["size=tiny", "size=base", "size=tiny,recipe=pretrain",
+                                "size=base,recipe=pretrain"],
+    "experiments/gpt/gpt2.py": ["size=tiny", "size=small", "size=medium", "size=large", "size=xl"],
+    "experiments/gpt/gpt3.py": ["size=tiny", "size=small", "size=medium", "size=large", "size=xl",
+                                "size=2.7b", "size=6.7b", "size=13b", "size=175b",
+                                "size=small,sparse=false"],
+    "experiments/gpt/demo.py": [None, "steps=20"],
+}
+SPECS = [
+    path if arg is None else f"{path}:{arg}" for path, args in VARIANTS.items() for arg in args
+]
+
+
+def test_every_experiment_file_is_covered():
+    assert EXPERIMENT_FILES == sorted(VARIANTS), "add the new experiment's variants to VARIANTS"
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_experiment_loads_validates_and_builds_its_model_config(spec):
+    config = validate(load_experiment(spec))
+    assert config.is_locked
+    assert config.objective.name == "causal_lm"
+    assert config.data.source == "python_docs"
+    assert config.mesh == [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    assert config.rules == [tuple(rule) for rule in axes.DEFAULT_RULES]
+    assert config.optimizer.clip_grad_norm == 1.0
+    assert config.optimizer.weight_decay_mask == "matrices"
+    assert config.tokenizer.vocab_size == config.model.vocab_size
+    assert config.data.seq_len <= config.model.max_len
+    model_config = models.make_config(config.model)  # the frozen dataclass: checks every field
+    assert model_config.num_layers == config.model.num_layers
+
+
+def test_docstrings_give_the_command_and_the_target():
+    for path in EXPERIMENT_FILES:
+        with open(os.path.join(REPO, path)) as f:
+            docstring = ast.get_docstring(ast.parse(f.read()))
+        assert docstring and f"lmjax train --config {path}" in docstring, path
+        assert "should" in docstring, f"{path}: say what the run should reach"
+
+
+@pytest.mark.parametrize("spec, layers, width, heads", [
+    ("experiments/gpt/gpt2.py:size=small", 12, 768, 12),
+    ("experiments/gpt/gpt2.py:size=xl", 48, 1600, 25),
+    ("experiments/gpt/gpt1.py:size=base", 12, 768, 12),
+    ("experiments/gpt/gpt3.py:size=175b", 96, 12288, 96),
+])
+def test_sizes_match_the_papers(spec, layers, width, heads):
+    model = load_experiment(spec).model
+    assert (model.num_layers, model.embed_dim, model.num_heads) == (layers, width, heads)
+    assert model.mlp_dim == 4 * width
+
+
+def test_gpt1_reference_settings():
+    config = load_experiment("experiments/gpt/gpt1.py:size=base")
+    assert config.tokenizer.user_defined_symbols == ("_start_", "_delimiter_", "_classify_")
+    assert config.model.vocab_size == 40478 + 3
+    assert config.model.norm == "post" and not config.model.final_norm
+    opt = config.optimizer
+    settings = (opt.learning_rate, opt.schedule, opt.b2, opt.weight_decay)
+    assert settings == (6.25e-5, "warmup_linear", 0.999, 0.01)
+    assert opt.warmup_steps == int(0.002 * config.train.steps)
+    apply_overrides(config, ["--config.train.steps=10000"])
+    assert config.optimizer.warmup_steps == 20  # 0.2% of the run follows the step count
+
+
+def test_gpt3_sparse_option_and_per_size_settings():
+    sparse = load_experiment("experiments/gpt/gpt3.py:size=small")
+    dense = load_experiment("experiments/gpt/gpt3.py:size=small,sparse=false")
+    assert sparse.model.attention_pattern == "alternating_local"
+    assert dense.model.attention_pattern == "dense"
+    assert (sparse.optimizer.b2, sparse.optimizer.weight_decay) == (0.95, 0.1)
+    big = load_experiment("experiments/gpt/gpt3.py:size=175b")
+    assert big.optimizer.learning_rate == pytest.approx(0.6e-4)
+    assert big.train.global_batch * big.data.seq_len == 1536 * 2048  # ~3.2M tokens
+    assert sparse.train.global_batch * sparse.data.seq_len == 256 * 2048  # ~0.5M tokens
+
+
+def test_gpt2_small_is_124m_parameters():
+    from lmjax.models import gpt
+
+    config = load_experiment("experiments/gpt/gpt2.py:size=small")
+    assert gpt.count_params(models.make_config(config.model)) == pytest.approx(124.4e6, rel=0.01)
+
+
+def test_tokenizer_vocab_follows_the_model_override():
+    config = load_experiment("experiments/gpt/demo.py")
+    apply_overrides(config, ["--config.model.vocab_size=1024"])
+    assert config.tokenizer.vocab_size == 1024
+
+
+def test_bad_experiment_arguments_are_config_errors():
+    expected = "Unknown experiment argument 'sizes' \\(did you mean 'size'\\?\\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_experiment("experiments/gpt/gpt2.py:sizes=small")
+    with pytest.raises(ValueError, match="unknown size 'huge'; choose one of tiny, small"):
+        load_experiment("experiments/gpt/gpt2.py:size=huge")
