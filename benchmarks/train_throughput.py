@@ -1,9 +1,10 @@
 r"""Train-step throughput: lmjax's jitted train step against Hugging Face GPT-2 on PyTorch, same run.
 
 Both frameworks train the same GPT-2 shape with AdamW in float32 on the CPU (PyTorch at 2 threads,
-XLA:CPU with its own pool on the same cores). They live in one process and their single training
-steps alternate, so both see the same machine state; the ratio is taken pair by pair (lmjax
-tokens/s over PyTorch tokens/s for adjacent steps) and summarised by its median and range.
+XLA:CPU with its own pool on the same cores). Each is kept alive in its own process and their
+single training steps alternate, so both see the same machine state and neither's thread pool
+spins beside the other's; the ratio is taken pair by pair (lmjax tokens/s over PyTorch tokens/s
+for adjacent steps) and summarised by its median and range.
 Separate-process comparisons on shared machines drift by ±10-35% and are not to be trusted.
 
 Configurations (``--configs``):
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import platform
 import shlex
@@ -54,7 +56,7 @@ LEARNING_RATE = 1e-4
 DROPOUT = 0.1  # both frameworks train with GPT-2's dropout
 
 
-def machine_description() -> str:
+def machine_description(torch_threads: int) -> str:
     """Returns the CPU model, core count and library versions of this machine."""
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -70,7 +72,7 @@ def machine_description() -> str:
     return (
         f"{cpu}; {os.cpu_count()} logical cores; {platform.platform()}; python {platform.python_version()}; "
         f"jax {jax.__version__} ({jax.devices()[0].platform}); torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); transformers {transformers.__version__}"
+        f"({torch_threads} threads); transformers {transformers.__version__}"
     )
 
 
@@ -168,36 +170,64 @@ class TorchTrainer:
         return float(loss.detach())
 
 
-def timed(fn, *args) -> float:
-    """Returns the wall-clock seconds of one call (the call blocks until its result exists)."""
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
+def _trainer_worker(framework: str, shape: Shape, threads: int, connection) -> None:
+    """Runs in its own process: builds one framework's trainer, then times a step per request."""
+    trainer = LmjaxTrainer(shape) if framework == "lmjax" else TorchTrainer(shape, threads)
+    batch = trainer.batch(random_tokens(shape, 1))
+    connection.send("ready")
+    while connection.recv() == "step":
+        start = time.perf_counter()
+        trainer.train_step(batch)  # blocks until the step's loss exists
+        connection.send(time.perf_counter() - start)
+    connection.close()
+
+
+class TrainerProcess:
+    """One framework's trainer kept alive in a child process and driven step by step."""
+
+    def __init__(self, framework: str, shape: Shape, threads: int):
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_trainer_worker, args=(framework, shape, threads, child))
+        self._process.start()
+        if self._connection.recv() != "ready":
+            raise RuntimeError(f"the {framework} trainer did not start")
+
+    def step_seconds(self) -> float:
+        """Returns the wall-clock seconds of one train step, timed inside the child."""
+        self._connection.send("step")
+        return self._connection.recv()
+
+    def close(self) -> None:
+        self._connection.send("stop")
+        self._process.join(timeout=60)
 
 
 def measure(shape: Shape, pairs: int, warmup: int, threads: int) -> dict:
-    """Alternates single train steps of both frameworks and returns per-pair throughputs."""
-    lmjax_trainer = LmjaxTrainer(shape)
-    torch_trainer = TorchTrainer(shape, threads)
-    tokens = random_tokens(shape, 1)
-    jax_batch, torch_batch = lmjax_trainer.batch(tokens), torch_trainer.batch(tokens)
-    for _ in range(warmup):  # the first lmjax call compiles; PyTorch allocates its optimizer state
-        lmjax_trainer.train_step(jax_batch)
-        torch_trainer.train_step(torch_batch)
-    per_step_tokens = shape.batch * shape.seq_len
-    lmjax_rates, torch_rates, ratios = [], [], []
-    for pair in range(pairs):
-        # Alternate which framework goes first so neither always follows the other.
-        if pair % 2 == 0:
-            t_jax = timed(lmjax_trainer.train_step, jax_batch)
-            t_torch = timed(torch_trainer.train_step, torch_batch)
-        else:
-            t_torch = timed(torch_trainer.train_step, torch_batch)
-            t_jax = timed(lmjax_trainer.train_step, jax_batch)
-        lmjax_rates.append(per_step_tokens / t_jax)
-        torch_rates.append(per_step_tokens / t_torch)
-        ratios.append(t_torch / t_jax)
-    return {"lmjax": lmjax_rates, "torch": torch_rates, "ratio": ratios}
+    """Alternates single train steps of both frameworks and returns per-pair throughputs.
+
+    Each framework runs in its own process, started one after the other so their set-ups do not
+    overlap; only one of them computes at any moment.
+    """
+    trainers = {name: TrainerProcess(name, shape, threads) for name in ("lmjax", "torch")}
+    try:
+        for _ in range(warmup):  # the first lmjax call compiles; PyTorch allocates optimizer state
+            for trainer in trainers.values():
+                trainer.step_seconds()
+        per_step_tokens = shape.batch * shape.seq_len
+        rates = {"lmjax": [], "torch": []}
+        ratios = []
+        for pair in range(pairs):
+            # Alternate which framework goes first so neither always follows the other.
+            order = ("lmjax", "torch") if pair % 2 == 0 else ("torch", "lmjax")
+            seconds = {name: trainers[name].step_seconds() for name in order}
+            for name in rates:
+                rates[name].append(per_step_tokens / seconds[name])
+            ratios.append(seconds["torch"] / seconds["lmjax"])
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+    return {"lmjax": rates["lmjax"], "torch": rates["torch"], "ratio": ratios}
 
 
 def summary_line(shape: Shape, result: dict) -> str:
@@ -227,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = SHAPES[name]
         print(summary_line(shape, measure(shape, args.pairs, args.warmup, args.threads)), flush=True)
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
-    print("machine:", machine_description())
+    print("machine:", machine_description(args.threads))
     return 0
 
 

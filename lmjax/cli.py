@@ -12,9 +12,11 @@ Examples::
 ``LMJAX_NUM_PROCESSES`` and ``LMJAX_PROCESS_ID`` environment variables); ``jax.distributed``
 is initialised before anything else touches JAX.
 
-Usage mistakes (unknown flags, bad config keys or values, a missing experiment file) print one
-line and exit with status 2; a run that cannot resume (e.g. a damaged checkpoint) prints one line
-and exits with status 1.
+Usage mistakes (unknown flags, bad config keys or values, a missing experiment file, data or a
+tokenizer that does not fit the model) print one line and exit with status 2; a run that cannot
+resume (e.g. a damaged checkpoint) prints one line and exits with status 1. Either way the
+workdir's checkpoints and results are left as they were (``tests/test_bad_input.py``); set
+``LMJAX_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from lmjax.config import ConfigError, apply_overrides, config_from_json, load_experiment, validate
+from lmjax.config import ConfigError, apply_overrides, load_experiment, validate
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
 INTERRUPTED = 130  # the shell's status for Ctrl-C
-CONFIG_FILE = "config.json"  # written by lmjax.train.loop beside the checkpoints
 DEBUG_ENV = "LMJAX_DEBUG"  # set to re-raise run errors with their traceback
 
 
@@ -213,161 +214,53 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def saved_run_config(workdir: str, extra: dict[str, Any]):
-    """Returns the config a run was trained with: from the checkpoint's extra, else config.json.
+def generate_settings(config, args: argparse.Namespace) -> dict[str, Any]:
+    """Returns the sampling settings: the flags given, else the run's ``config.generate``.
 
     Raises:
-        UsageError: when neither holds a config.
+        UsageError: when a setting is out of range.
     """
-    saved = extra.get("config")
-    if saved:
-        return config_from_json(saved)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return config_from_json(f.read())
-    raise UsageError(
-        f"{workdir} holds no saved config (neither in the checkpoint nor {CONFIG_FILE}); "
-        "was it written by `lmjax train`?"
-    )
-
-
-def saved_run_tokenizer(config, workdir: str):
-    """Returns the tokenizer a run trained with (its file, or the one cached in the workdir)."""
-    from lmjax.data.tokenizers import load_or_train_tokenizer
-
-    if not config.tokenizer.path and not os.path.isdir(os.path.join(workdir, "tokenizer")):
-        raise UsageError(
-            f"{workdir} has no trained tokenizer ({os.path.join(workdir, 'tokenizer')} is "
-            "missing); sample from the workdir that `lmjax train` wrote."
-        )
-    return load_or_train_tokenizer(config.tokenizer, (), workdir)
-
-
-def generated_texts(
-    config,
-    workdir: str,
-    ckpt,
-    step: int | None = None,
-    prompt: str | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-) -> list[str]:
-    """Returns ``num_samples`` continuations of ``prompt`` from a run's checkpoint.
-
-    The parameters are restored alone (no optimizer state) onto one local device; arguments left
-    as None take the run's ``config.generate`` values. A temperature of 0 decodes greedily.
-
-    Args:
-        config: the run's config (``saved_run_config``).
-        workdir: the run directory (for its tokenizer).
-        ckpt: a :class:`lmjax.train.checkpoints.Checkpointer` over the run's checkpoints.
-        step: the checkpoint step (None = latest).
-        prompt, max_new_tokens, temperature, top_k, top_p, num_samples: sampling settings.
-        seed: the sampling seed.
-
-    Returns:
-        The prompt followed by each sample's continuation, cut after the end-of-text token.
-    """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from lmjax import models
-    from lmjax.decoding import generate
-    from lmjax.train import mesh as mesh_lib
-
-    settings = config.generate
-    prompt = settings.prompt if prompt is None else prompt
-    max_new_tokens = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
-    temperature = settings.temperature if temperature is None else temperature
-    top_k = settings.top_k if top_k is None else top_k
-    top_p = settings.top_p if top_p is None else top_p
-    num_samples = settings.num_samples if num_samples is None else num_samples
-    if max_new_tokens < 0 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or num_samples < 1:
+    names = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples")
+    settings = {
+        name: config.generate[name] if getattr(args, name) is None else getattr(args, name)
+        for name in names
+    }
+    if (
+        settings["max_new_tokens"] < 0 or settings["temperature"] < 0 or settings["top_k"] < 0
+        or not 0 < settings["top_p"] <= 1 or settings["num_samples"] < 1
+    ):
         raise UsageError(
             "sampling flags out of range: need --max_new_tokens >= 0, --temperature >= 0, "
             "--top_k >= 0, 0 < --top_p <= 1 and --num_samples >= 1"
         )
-    tokenizer = saved_run_tokenizer(config, workdir)
-    prompt_ids = tokenizer.encode(prompt)
-    if not prompt_ids:
-        if tokenizer.bos_id is None:
-            raise UsageError("the prompt encodes to no tokens; pass a non-empty --prompt")
-        prompt_ids = [tokenizer.bos_id]
-    max_len = config.model.get("max_len")
-    if max_len and len(prompt_ids) + max_new_tokens > max_len:
-        raise UsageError(
-            f"the prompt ({len(prompt_ids)} tokens) plus --max_new_tokens {max_new_tokens} exceeds "
-            f"the model's {max_len} positions; shorten the prompt or lower --max_new_tokens"
-        )
-
-    model = models.build(config.model)
-    # Every mesh axis of size 1 on one device: the rules resolve, and nothing is split.
-    one_device = jax.local_devices()[:1]
-    mesh = mesh_lib.build_mesh([(row[0], 1) for row in config.mesh], devices=one_device)
-    rules = mesh_lib.check_rules(config.rules, mesh)
-    with nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(
-            lambda key: model.init(
-                {"params": key, "dropout": key},
-                jnp.zeros((1, len(prompt_ids)), jnp.int32),
-                deterministic=True,
-            )["params"],
-            jax.random.key(0),
-        )
-    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
-    abstract_params = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.meta.unbox(boxed), shardings,
-    )
-    params = ckpt.restore_params(abstract_params, step)
-
-    prompts = np.tile(np.asarray(prompt_ids, np.int32)[None, :], (num_samples, 1))  # [B, T]
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        sequences = generate(
-            model, params, prompts, None, jax.random.key(seed), max_new_tokens,
-            temperature=temperature if temperature > 0 else 1.0, top_k=top_k, top_p=top_p,
-            greedy=temperature == 0, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        )
-    texts = []
-    for row in np.asarray(sequences).tolist():  # [B, T + N]
-        new = row[len(prompt_ids):]
-        if tokenizer.eos_id is not None and tokenizer.eos_id in new:
-            new = new[: new.index(tokenizer.eos_id)]
-        texts.append(tokenizer.decode(row[: len(prompt_ids)] + new))
-    return texts
+    return settings
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """``lmjax generate``: restores the run's params and tokenizer and prints samples."""
-    from lmjax.train import checkpoints
+    """``lmjax generate``: restores the run's params and tokenizer and prints samples.
 
-    workdir = os.path.abspath(args.workdir)
-    directory = checkpoints.checkpoint_directory(workdir)
-    if not os.path.isdir(directory):
-        raise UsageError(
-            f"No checkpoints in {directory}; train first with "
-            f"`lmjax train --config <experiment.py> --workdir {args.workdir}`."
+    The parameters are restored alone onto one local device
+    (:func:`lmjax.train.trained_run.load_trained_run`) and sampled with
+    :func:`lmjax.decoding.generated_texts`; a temperature of 0 decodes greedily.
+    """
+    import jax
+
+    from lmjax.decoding import generated_texts
+    from lmjax.train.trained_run import load_trained_run
+
+    try:
+        run = load_trained_run(args.workdir, args.step)
+        settings = generate_settings(run.config, args)
+        texts = generated_texts(
+            run.model, run.params, run.tokenizer,
+            [settings["prompt"]] * settings["num_samples"], jax.random.key(args.seed),
+            settings["max_new_tokens"], temperature=settings["temperature"],
+            top_k=settings["top_k"], top_p=settings["top_p"],
         )
-    with checkpoints.Checkpointer(directory, read_only=True) as ckpt:
-        try:
-            step = ckpt.latest_step() if args.step is None else args.step
-            config = saved_run_config(workdir, ckpt.restore_extra(step))
-            texts = generated_texts(
-                config, workdir, ckpt, step=step, prompt=args.prompt,
-                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples, seed=args.seed,
-            )
-        except checkpoints.CheckpointNotFoundError as error:
-            raise UsageError(str(error)) from None
+    except (FileNotFoundError, ValueError) as error:  # incl. CheckpointNotFoundError
+        raise UsageError(str(error)) from None
     for index, text in enumerate(texts):
-        print(f"=== sample {index + 1} (step {step}) ===")
+        print(f"=== sample {index + 1} (step {run.step}) ===")
         print(text)
     return 0
 
@@ -400,14 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_plot(args)
         return run_generate(args)
     except UsageError as error:
-        print(f"lmjax: error: {error}", file=sys.stderr)
+        print(f"lmjax: error: {_one_line_message(error)}", file=sys.stderr)
         return USAGE_ERROR
     except _run_errors() as error:
-        print(f"lmjax: error: {error}", file=sys.stderr)
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"lmjax: error: {_one_line_message(error)}", file=sys.stderr)
         return RUN_ERROR
     except KeyboardInterrupt:  # the loop has closed its checkpointer: finished saves are kept
         print("lmjax: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _one_line_message(error: BaseException) -> str:
+    """Returns the error's message as one line: its lines joined by spaces, indentation dropped.
+
+    Some messages lay out their fix over several lines (e.g. a TFDS dataset that is not
+    prepared); the command prints every error as a single ``lmjax: error:`` line.
+    """
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:

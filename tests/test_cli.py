@@ -118,6 +118,9 @@ def test_run_errors_print_one_line_and_exit_1(capsys, monkeypatch, tmp_path):
     status, _, err = _run_main(capsys, ["train", "--config", DEMO, "--workdir", "x"])
     assert status == 1
     _assert_one_line_error(err, "Checkpoint step 20 in runs/x/checkpoints/20 is truncated")
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")  # asks for the traceback instead
+    with pytest.raises(CheckpointCorruptedError, match="is truncated"):
+        cli.main(["train", "--config", DEMO, "--workdir", "x"])
 
 
 def test_plot_command_writes_the_png(capsys, tmp_path):

@@ -16,8 +16,8 @@ EXPERIMENT_FILES = sorted(
     if not os.path.basename(path).startswith("_")
 )
 VARIANTS = {
-    "experiments/gpt/gpt1.py": ["size=tiny", "size=base", "size=tiny,recipe=pretrain",
-                                "size=base,recipe=pretrain"],
+    "experiments/gpt/gpt1.py": ["size=tiny", "size=base", "size=tiny,recipe=finetune",
+                                "size=base,recipe=finetune"],
     "experiments/gpt/gpt2.py": ["size=tiny", "size=small", "size=medium", "size=large", "size=xl"],
     "experiments/gpt/gpt3.py": ["size=tiny", "size=small", "size=medium", "size=large", "size=xl",
                                 "size=2.7b", "size=6.7b", "size=13b", "size=175b",
@@ -69,17 +69,43 @@ def test_sizes_match_the_papers(spec, layers, width, heads):
     assert model.mlp_dim == 4 * width
 
 
-def test_gpt1_reference_settings():
+def test_gpt1_pretraining_recipe_is_the_default():
     config = load_experiment("experiments/gpt/gpt1.py:size=base")
     assert config.tokenizer.user_defined_symbols == ("_start_", "_delimiter_", "_classify_")
-    assert config.model.vocab_size == 40478 + 3
+    assert config.model.vocab_size == config.tokenizer.vocab_size == 40478 + 3
     assert config.model.norm == "post" and not config.model.final_norm
+    opt = config.optimizer
+    settings = (opt.learning_rate, opt.schedule, opt.warmup_steps, opt.end_learning_rate_fraction)
+    assert settings == (2.5e-4, "warmup_cosine", 2000, 0.0)  # paper section 4.1
+    assert (opt.b2, opt.weight_decay) == (0.999, 0.01)
+    assert (config.train.global_batch, config.data.seq_len) == (64, 512)
+    # 100 epochs of ~1.2B BooksCorpus tokens, 64 x 512 tokens per step.
+    assert config.train.steps == pytest.approx(100 * 1.2e9 / (64 * 512), abs=1)
+    tiny = load_experiment("experiments/gpt/gpt1.py:size=tiny")
+    assert (tiny.optimizer.schedule, tiny.optimizer.end_learning_rate_fraction) == (
+        "warmup_cosine", 0.0
+    )
+
+
+def test_gpt1_finetune_recipe_has_the_reference_code_settings():
+    config = load_experiment("experiments/gpt/gpt1.py:size=base,recipe=finetune")
     opt = config.optimizer
     settings = (opt.learning_rate, opt.schedule, opt.b2, opt.weight_decay)
     assert settings == (6.25e-5, "warmup_linear", 0.999, 0.01)
+    assert config.train.global_batch == 32
     assert opt.warmup_steps == int(0.002 * config.train.steps)
     apply_overrides(config, ["--config.train.steps=10000"])
     assert config.optimizer.warmup_steps == 20  # 0.2% of the run follows the step count
+
+
+def test_gpt1_and_gpt3_change_only_the_sections_that_differ_from_gpt2():
+    gpt2 = load_experiment("experiments/gpt/gpt2.py:size=tiny")
+    for spec in ("experiments/gpt/gpt1.py:size=tiny", "experiments/gpt/gpt3.py:size=tiny"):
+        config = load_experiment(spec)
+        for section in ("objective", "data", "train", "mesh", "rules", "generate"):
+            assert config[section] == gpt2[section], f"{spec}: {section}"
+        apply_overrides(config, ["--config.model.vocab_size=1000"])
+        assert config.tokenizer.vocab_size == 1000  # still linked after the model swap
 
 
 def test_gpt3_sparse_option_and_per_size_settings():

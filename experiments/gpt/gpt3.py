@@ -15,7 +15,10 @@ Optimizer and batch, per the paper (section 2.3 and appendix B) [P]: Adam with b
 eps 1e-8, weight decay 0.1, gradient clip 1.0, linear warmup over 375M tokens, cosine decay to 10%
 of the peak; the peak learning rate and batch (0.5M to 3.2M tokens) per size from Table 2.1, over a
 300B-token budget. Not reproduced: the batch-size ramp over the first 4-12B tokens, and the
-cosine ending at 260B tokens (here the decay spans the whole run).
+cosine ending at 260B tokens (here the decay spans the whole run). ``gpt2.py`` already trains with
+these optimizer settings, so this file takes its config (data, tokenizer, optimizer, cadence, mesh,
+rules, sampling) and changes only the model, the context, the batch, the step count, the warm-up
+and the peak learning rate.
 
 Run::
 
@@ -32,10 +35,10 @@ compare the validation curve with the paper's Figure 3.1 (on its own data mix). 
 ``--config.mesh="[('data', -1), ('fsdp', 8), ('tensor', 1)]"``, and ``--config.model.remat=full``.
 """
 
-import ml_collections
+import os
 
-from lmjax import axes, models
-from lmjax.config import parse_experiment_arg
+from lmjax import models
+from lmjax.config import load_experiment, parse_experiment_arg
 
 # size -> (model preset, peak learning rate, global batch in 2048-token sequences), Table 2.1.
 # The table's batches of 0.5M / 1M / 2M / 3.2M tokens are 256 / 512 / 1024 / 1536 sequences.
@@ -61,75 +64,20 @@ def get_config(arg=None):
         raise ValueError(f"gpt3.py: unknown size {arg.size!r}; choose one of {', '.join(SIZES)}.")
     preset, learning_rate, global_batch = SIZES[arg.size]
     tiny = arg.size == "tiny"
-    config = ml_collections.ConfigDict()
-    config.model = models.config_dict(
-        "gpt", preset, attention_pattern="alternating_local" if arg.sparse else "dense"
+    # tiny: gpt2.py's tiny run (16 x 256 tokens, 2000 steps, 5% warm-up) with GPT-3's layers.
+    gpt2 = os.path.join(os.path.dirname(__file__), "gpt2.py")
+    config = load_experiment(f"{gpt2}:size={'tiny' if tiny else 'small'}")
+    # Field by field, so that tokenizer.vocab_size keeps following model.vocab_size.
+    config.model.update(
+        models.config_dict(
+            "gpt", preset, attention_pattern="alternating_local" if arg.sparse else "dense"
+        )
     )
-    seq_len = config.model.max_len
-    tokens_per_step = global_batch * seq_len
-
-    config.objective = dict(name="causal_lm")
-
-    config.data = dict(
-        source="python_docs",
-        data_dir="",
-        train_split="train",
-        eval_split="validation",
-        seq_len=seq_len,
-        text_key="text",
-        document_mask=True,
-        shuffle_seed=0,
-    )
-
-    config.tokenizer = dict(
-        kind="sentencepiece",
-        path="",
-        vocab_size=0,  # linked to model.vocab_size below
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        user_defined_symbols=(),
-    )
-    config.tokenizer.vocab_size = config.model.get_ref("vocab_size")
-
-    config.optimizer = dict(
-        name="adamw",
-        learning_rate=learning_rate,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=0.1,
-        weight_decay_mask="matrices",
-        schedule="warmup_cosine",
-        warmup_steps=round(WARMUP_TOKENS / tokens_per_step),
-        end_learning_rate_fraction=0.1,
-        clip_grad_norm=1.0,
-    )
-
-    config.train = dict(
-        steps=2000 if tiny else round(TOKEN_BUDGET / tokens_per_step),
-        global_batch=global_batch,
-        grad_accum=1,
-        seed=0,
-        eval_every=200 if tiny else 2000,
-        eval_batches=8 if tiny else 50,
-        log_every=10 if tiny else 100,
-        checkpoint_every=500 if tiny else 5000,
-        keep_checkpoints=3,
-    )
-
-    if tiny:  # 5% of the run, following --config.train.steps (so short smoke runs stay valid)
-        config.optimizer.warmup_steps = (config.train.get_ref("steps") * 0.05).to_int()
-
-    config.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
-    config.rules = [tuple(rule) for rule in axes.DEFAULT_RULES]
-
-    config.generate = dict(
-        prompt="def read(self, size=-1)\n",
-        max_new_tokens=64,
-        temperature=0.8,
-        top_k=40,
-        top_p=1.0,
-        num_samples=2,
-    )
-    return config.lock()
+    config.optimizer.learning_rate = learning_rate
+    if not tiny:
+        config.data.seq_len = config.model.max_len  # 2048
+        tokens_per_step = global_batch * config.data.seq_len
+        config.train.global_batch = global_batch
+        config.train.steps = round(TOKEN_BUDGET / tokens_per_step)
+        config.optimizer.warmup_steps = round(WARMUP_TOKENS / tokens_per_step)
+    return config

@@ -28,8 +28,10 @@ into memory when opened (use TFDS for corpora that do not fit).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -147,6 +149,39 @@ def _diagnose_tfds_failure(name: str, split: str, data_dir: str, error: Exceptio
     return FileNotFoundError(_unprepared_tfds_message(name, split, data_dir, reason))
 
 
+class _RecordHolder(logging.Handler):
+    """A logging handler that keeps the records it is given in ``records``."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_log_records(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Holds back what ``logger_name`` logs inside the block and passes it on when the block ends.
+
+    Yields the list of held records: the block drops them by clearing it. TFDS logs warnings
+    about the folders it probes (through absl's logger) before it fails on a dataset that is not
+    prepared; the error raised then explains more, and printing both would bury it.
+    """
+    logger = logging.getLogger(logger_name)
+    holder = _RecordHolder()
+    propagate = logger.propagate
+    logger.addHandler(holder)
+    logger.propagate = False
+    try:
+        yield holder.records
+    finally:
+        logger.removeHandler(holder)
+        logger.propagate = propagate
+        for record in holder.records:
+            logging.getLogger(record.name).handle(record)
+
+
 def tfds_documents(name: str, split: str, data_dir: str, text_key: str) -> DecodedTextField:
     """Returns the ``text_key`` field of a prepared TFDS dataset's split, lazily decoded.
 
@@ -164,13 +199,15 @@ def tfds_documents(name: str, split: str, data_dir: str, text_key: str) -> Decod
     """
     import tensorflow_datasets as tfds
 
-    try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as error:  # tfds raises several unrelated types for "not prepared"
-        diagnosed = _diagnose_tfds_failure(name, split, data_dir, error)
-        if diagnosed is error:
-            raise
-        raise diagnosed from error
+    with _held_log_records("absl") as tfds_warnings:
+        try:
+            records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as error:  # tfds raises several unrelated types for "not prepared"
+            diagnosed = _diagnose_tfds_failure(name, split, data_dir, error)
+            if diagnosed is error:
+                raise
+            tfds_warnings.clear()  # the diagnosis says more than the folders TFDS probed
+            raise diagnosed from error
     description = f"TFDS {name!r} split {split!r} in {data_dir!r}"
     if len(records) == 0:
         raise ValueError(f"{description} has no records; choose a non-empty split.")

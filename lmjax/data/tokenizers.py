@@ -30,10 +30,12 @@ several processes on one machine train it once.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -328,6 +330,34 @@ def _training_lines(texts: Iterable[str], options: SentencePieceOptions) -> Iter
                     return
 
 
+@contextlib.contextmanager
+def _stderr_on_descriptor_2() -> Iterator[None]:
+    """Makes ``sys.stderr`` a file on descriptor 2 while SentencePiece trains.
+
+    SentencePiece's C++ trainer logs to descriptor 2 and moves that log to ``logstream`` by
+    redirecting ``sys.stderr.fileno()``. In a Jupyter kernel ``sys.stderr`` has no descriptor (the
+    redirect fails with ``io.UnsupportedOperation``) or a copy of the original one (the redirect
+    misses, and hundreds of log lines land in the notebook); pytest's ``capsys`` is the first case.
+    """
+    try:
+        on_descriptor_2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        on_descriptor_2 = False
+    try:
+        descriptor_2 = None if on_descriptor_2 else open(2, "w", closefd=False)
+    except OSError:  # descriptor 2 is closed: nothing to redirect
+        descriptor_2 = None
+    if descriptor_2 is None:
+        yield
+        return
+    captured, sys.stderr = sys.stderr, descriptor_2
+    try:
+        yield
+    finally:
+        sys.stderr = captured
+        descriptor_2.close()  # closefd=False: descriptor 2 stays open
+
+
 def trained_sentencepiece_tokenizer(
     texts: Iterable[str], options: SentencePieceOptions = SentencePieceOptions()
 ) -> SentencePieceTokenizer:
@@ -342,7 +372,7 @@ def trained_sentencepiece_tokenizer(
         raise ValueError("No training text for the tokenizer: the documents are empty.")
     model = io.BytesIO()
     spm.set_random_generator_seed(options.seed)
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryFile("w+") as log, _stderr_on_descriptor_2():
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(lines),

@@ -2,6 +2,7 @@
 
 ``sampling``  pure, jittable processors (temperature, top-k, top-p) and token choosers.
 ``generate``  prefill + one jitted ``while_loop`` over new tokens with the model's KV cache.
+``text``      strings in, strings out: ``generated_texts`` encodes, pads, generates and decodes.
 """
 
 from lmjax.decoding.generate import (
@@ -27,24 +28,36 @@ from lmjax.decoding.sampling import (
     top_k_filtered_logits,
     top_p_filtered_logits,
 )
+from lmjax.decoding.text import (
+    TextTokenizer,
+    generated_texts,
+    left_padded_prompts,
+    prompt_token_ids,
+    text_until_eos,
+)
 
 __all__ = [
     "DecodeState",
     "MASKED_LOGIT",
     "SamplingOptions",
+    "TextTokenizer",
     "decode_step_logits",
     "decoded_state",
     "emitted",
     "empty_cache",
     "generate",
     "generate_with_scores",
+    "generated_texts",
     "greedy_tokens",
+    "left_padded_prompts",
     "next_tokens",
     "prefill_logits",
     "processed_logits",
     "prompt_positions",
+    "prompt_token_ids",
     "sampled_tokens",
     "temperature_scaled_logits",
+    "text_until_eos",
     "token_log_probs",
     "top_k_filtered_logits",
     "top_p_filtered_logits",

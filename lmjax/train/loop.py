@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from lmjax import data, models, objectives
 from lmjax.config import config_to_json
-from lmjax.decoding import generate
+from lmjax.decoding import generated_texts
 from lmjax.eval.perplexity import unigram_baseline_loss_of_batches
 from lmjax.train import distributed
 from lmjax.train import mesh as mesh_lib
@@ -45,8 +45,8 @@ from lmjax.train.logging import UNIGRAM_KEY, MetricsLogger
 from lmjax.train.optimizers import make_optimizer, make_schedule
 from lmjax.train.plot import plot_metrics
 from lmjax.train.state import TrainState, abstract_train_state, init_state, parameter_count
+from lmjax.train.trained_run import CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.txt"
 # Tokens used to fit the unigram baseline (a few hundred thousand is plenty for its 4 digits).
 _UNIGRAM_FIT_TOKENS = 1 << 20
@@ -117,6 +117,11 @@ def check_vocab_fits(tokenizer_vocab_size: int, model_cfg: Any) -> None:
             f"--config.model.vocab_size={tokenizer_vocab_size} (or larger), or use a tokenizer "
             "with a smaller vocabulary."
         )
+
+
+def model_vocab_size(model_cfg: Any) -> int:
+    """Returns the number of token ids the model has embedding rows for (int32 max if unbounded)."""
+    return int(model_cfg.get("vocab_size") or np.iinfo(np.int32).max)
 
 
 def check_token_ids(host_batch: dict[str, np.ndarray], vocab_size: int) -> None:
@@ -257,7 +262,7 @@ def train_loop(
     ``train``).
     """
     cfg = config.train
-    vocab_size = int(config.model.get("vocab_size") or np.iinfo(np.int32).max)
+    vocab_size = model_vocab_size(config.model)
     for step in range(int(state.step), cfg.steps):
         host_batch = next(train_batches)
         check_token_ids(host_batch, vocab_size)
@@ -305,27 +310,20 @@ def unigram_baseline(config: Any, tokenizer: data.Tokenizer) -> float:
     )
 
 
-def sample_prompts(config: Any, tokenizer: data.Tokenizer) -> list[list[int]]:
-    """Returns the token ids of the sample prompts: ``generate.prompt`` and held-out openings."""
-    prompts = [tokenizer.encode(config.generate.prompt)] if config.generate.prompt else []
+def sample_prompts(config: Any, tokenizer: data.Tokenizer) -> list[str]:
+    """Returns the sample prompts: ``generate.prompt`` and the openings of held-out documents.
+
+    Each opening is the text of a document's first few tokens. With neither, the prompt is
+    empty (the model starts from the BOS token), or there is none when the tokenizer has no BOS.
+    """
+    prompts = [config.generate.prompt] if config.generate.prompt else []
     documents = data.open_documents(config.data, config.data.eval_split)
-    for index in range(min(_DOCUMENT_PROMPTS, len(documents))):
-        prompts.append(tokenizer.encode(documents[index])[:_DOCUMENT_PROMPT_TOKENS])
-    prompts = [p for p in prompts if p]
+    for document in documents[:_DOCUMENT_PROMPTS]:
+        prompts.append(tokenizer.decode(tokenizer.encode(document)[:_DOCUMENT_PROMPT_TOKENS]))
+    prompts = [p for p in prompts if tokenizer.encode(p)]
     if not prompts and tokenizer.bos_id is not None:
-        prompts = [[tokenizer.bos_id]]
+        prompts = [""]
     return prompts
-
-
-def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns int32 [P, T] prompts left-padded with ``pad_id`` and their [P, T] mask."""
-    width = max(len(p) for p in prompts)
-    tokens = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), np.int32)
-    for row, prompt in enumerate(prompts):
-        tokens[row, width - len(prompt) :] = prompt
-        mask[row, width - len(prompt) :] = 1
-    return tokens, mask
 
 
 def generated_samples(
@@ -333,55 +331,40 @@ def generated_samples(
 ) -> str:
     """Returns greedy and sampled continuations of the sample prompts, as text for samples.txt.
 
-    ``params`` must be addressable by this process (see ``_params_on_this_process``).
+    Prompts too long for the model keep their last tokens; ``generate.max_new_tokens`` is cut to
+    ``model.max_len - 1`` so that every prompt keeps at least one. ``params`` must be
+    addressable by this process (see ``_params_on_this_process``).
     """
     gen = config.generate
     prompts = sample_prompts(config, tokenizer)
-    max_len = config.model.get("max_len")
-    if max_len:  # keep the prompts' ends, leaving room for the new tokens in the position table
-        keep = max_len + 1 - gen.max_new_tokens if gen.max_new_tokens < max_len else max_len // 2
-        prompts = [p[-max(1, keep) :] for p in prompts]
     if not prompts:
         return "(no prompt: generate.prompt is empty and the tokenizer has no BOS token)\n"
-    tokens, mask = _left_padded(prompts, tokenizer.pad_id)
-    new_tokens = (
-        gen.max_new_tokens
-        if not max_len
-        else min(gen.max_new_tokens, max_len - tokens.shape[1] + 1)
+    max_len = config.model.get("max_len")
+    common = dict(
+        max_new_tokens=min(gen.max_new_tokens, max_len - 1) if max_len else gen.max_new_tokens,
+        truncate_prompts=True,
     )
-    common = dict(max_new_tokens=new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    greedy = np.asarray(generate(model, params, tokens, mask, None, greedy=True, **common))
+    greedy = generated_texts(model, params, tokenizer, prompts, greedy=True, **common)
     repeats = gen.num_samples
-    sampled = np.asarray(
-        generate(
-            model,
-            params,
-            np.repeat(tokens, repeats, 0),
-            np.repeat(mask, repeats, 0),
-            key,
-            temperature=gen.temperature if gen.temperature > 0 else 1.0,
-            top_k=gen.top_k,
-            top_p=gen.top_p,
-            greedy=gen.temperature == 0,
-            **common,
-        )
+    sampled = generated_texts(
+        model,
+        params,
+        tokenizer,
+        [prompt for prompt in prompts for _ in range(repeats)],
+        key,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        **common,
     )
-    width = tokens.shape[1]
-
-    def text(row: np.ndarray, prompt: list[int]) -> str:
-        new = row[width:].tolist()
-        if tokenizer.eos_id is not None and tokenizer.eos_id in new:
-            new = new[: new.index(tokenizer.eos_id)]
-        return tokenizer.decode(prompt + new)
-
+    settings = f"temperature {gen.temperature}, top_k {gen.top_k}, top_p {gen.top_p}"
     parts = []
-    for index, prompt in enumerate(prompts):
-        parts.append(f"=== prompt {index + 1}, greedy ===\n{text(greedy[index], prompt)}\n")
+    for index in range(len(prompts)):
+        parts.append(f"=== prompt {index + 1}, greedy ===\n{greedy[index]}\n")
         for sample in range(repeats):
-            settings = f"temperature {gen.temperature}, top_k {gen.top_k}, top_p {gen.top_p}"
             parts.append(
                 f"=== prompt {index + 1}, sample {sample + 1} ({settings}) ===\n"
-                f"{text(sampled[index * repeats + sample], prompt)}\n"
+                f"{sampled[index * repeats + sample]}\n"
             )
     return "\n".join(parts)
 
@@ -468,19 +451,24 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    # Every check that can run does so before the run writes to the workdir (the tokenizer is
+    # trained only when missing), so bad input leaves earlier checkpoints and results as they were.
     mesh, rules = build_mesh_and_rules(config)
     tokenizer = build_tokenizer(config, workdir)
     model, objective, tx, schedule = build_model_and_optimizer(config, tokenizer)
     train_batches, eval_batches = build_batches(config, tokenizer)
+    for host_batch in eval_batches:
+        check_token_ids(host_batch, model_vocab_size(config.model))
     init_inputs = model_init_inputs(objective, eval_batches[0])
-    _write_config(config, workdir)
 
     checkpointer = Checkpointer(checkpoint_directory(workdir), keep=config.train.keep_checkpoints)
-    logger = MetricsLogger(workdir, config.train.steps, enabled=distributed.is_main_process())
+    logger = None
     try:
         state, shardings, keys = init_or_restore_state(
             config, model, tx, init_inputs, mesh, rules, checkpointer, train_batches
-        )
+        )  # a damaged or mismatched checkpoint stops the run here
+        _write_config(config, workdir)
+        logger = MetricsLogger(workdir, config.train.steps, enabled=distributed.is_main_process())
         train_step = step_lib.make_train_step(
             model,
             objective,
@@ -511,7 +499,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         summary = finish_run(config, workdir, model, state, tokenizer, final_eval, keys, logger)
     finally:
         checkpointer.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if distributed.is_main_process():
         print(
             f"step {summary['step']}: eval loss {summary['final_eval_loss']:.4f} "

@@ -8,7 +8,8 @@ which reads ``<workdir>/metrics.jsonl`` (see :mod:`lmjax.train.logging`) and dra
 * the unigram baseline (a dashed horizontal line) when a record carries ``unigram_loss``: the
   cross-entropy of a model that ignores the context, which a trained LM must clearly beat.
 
-Matplotlib's non-interactive Agg backend is used, so it runs on a headless machine.
+The figure is drawn by Matplotlib's Agg canvas without pyplot, so it runs on a headless machine
+and leaves the process's pyplot backend alone (a notebook keeps showing its own figures inline).
 """
 
 from __future__ import annotations
@@ -79,40 +80,37 @@ def plot_metrics(workdir: str, out_path: str | None = None) -> str:
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
 
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    from matplotlib import pyplot as plt  # imported after choosing the headless backend
-
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=100)
-    try:
-        for split, points in sorted(curves.items(), key=lambda item: item[0] != "train"):
-            steps = [s for s, _ in points]
-            losses = [v for _, v in points]
-            if split == "train":
-                window = 2 * (len(points) // 25) + 1  # about 4% of the points on each side
-                axes.plot(steps, losses, color="tab:blue", alpha=0.3 if window > 1 else 1.0,
-                          linewidth=1, label="train" if window == 1 else "train (raw)")
-                if window > 1:
-                    axes.plot(steps, centered_moving_average(losses, window), color="tab:blue",
-                              linewidth=2, label=f"train (mean of {window} logs)")
-            else:
-                color = "tab:orange" if split == "eval" else None
-                axes.plot(steps, losses, marker="o", markersize=4, linewidth=1.5, label=split,
-                          color=color)
-        baseline = unigram_baseline(records)
-        if baseline is not None:
-            axes.axhline(baseline, color="gray", linestyle="--", linewidth=1.2,
-                         label=f"unigram baseline ({baseline:.3f})")
-        axes.set_xlabel("step")
-        axes.set_ylabel("loss (nats / token)")
-        axes.set_title(os.path.basename(os.path.normpath(os.path.abspath(workdir))))
-        axes.grid(True, alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        tmp_path = out_path + ".tmp.png"
-        figure.savefig(tmp_path, format="png")
-        os.replace(tmp_path, out_path)  # a reader never sees a half-written PNG
-    finally:
-        plt.close(figure)
+    figure = Figure(figsize=(8, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for split, points in sorted(curves.items(), key=lambda item: item[0] != "train"):
+        steps = [s for s, _ in points]
+        losses = [v for _, v in points]
+        if split == "train":
+            window = 2 * (len(points) // 25) + 1  # about 4% of the points on each side
+            axes.plot(steps, losses, color="tab:blue", alpha=0.3 if window > 1 else 1.0,
+                      linewidth=1, label="train" if window == 1 else "train (raw)")
+            if window > 1:
+                axes.plot(steps, centered_moving_average(losses, window), color="tab:blue",
+                          linewidth=2, label=f"train (mean of {window} logs)")
+        else:
+            color = "tab:orange" if split == "eval" else None
+            axes.plot(steps, losses, marker="o", markersize=4, linewidth=1.5, label=split,
+                      color=color)
+    baseline = unigram_baseline(records)
+    if baseline is not None:
+        axes.axhline(baseline, color="gray", linestyle="--", linewidth=1.2,
+                     label=f"unigram baseline ({baseline:.3f})")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats / token)")
+    axes.set_title(os.path.basename(os.path.normpath(os.path.abspath(workdir))))
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    tmp_path = out_path + ".tmp.png"
+    figure.savefig(tmp_path, format="png")
+    os.replace(tmp_path, out_path)  # a reader never sees a half-written PNG
     return out_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -24,7 +25,7 @@ def test_tfds_source_reads_text_field_through_data_source(tmp_path):
     assert len(set(texts)) > 1
 
 
-def test_unprepared_tfds_dataset_names_dataset_directory_and_fix(tmp_path):
+def test_unprepared_tfds_dataset_names_dataset_directory_and_fix(tmp_path, caplog):
     data_dir = str(tmp_path / "no_such_dir")
     with pytest.raises(FileNotFoundError) as info:
         open_documents({"source": "tfds:lm1b", "data_dir": data_dir, "text_key": "text"}, "train")
@@ -33,6 +34,19 @@ def test_unprepared_tfds_dataset_names_dataset_directory_and_fix(tmp_path):
     assert "does not exist" in message
     assert f"tfds build lm1b --data_dir={data_dir} --file_format=array_record" in message
     assert "data.source='python_docs'" in message
+    # TFDS's warnings about the folders it probed are dropped: the error says it all, once.
+    assert [record.getMessage() for record in caplog.records if record.name == "absl"] == []
+
+
+def test_tfds_warnings_are_passed_on_when_the_dataset_opens(monkeypatch, caplog):
+    def data_source(name, split, data_dir, download):
+        logging.getLogger("absl").warning("probed %s", data_dir)
+        return [{"text": b"a document"}]
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    documents = open_documents({"source": "tfds:lm1b", "data_dir": "/prepared"}, "train")
+    assert list(documents) == ["a document"]
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["probed /prepared"]
 
 
 def test_dataset_unknown_to_this_tfds_and_not_prepared(tmp_path):

@@ -4,7 +4,10 @@ and Hugging Face tokenizer.json files."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 import re
+import sys
 import threading
 
 import pytest
@@ -163,3 +166,31 @@ def test_hugging_face_tokenizer_json(tmp_path, python_docs_train_texts):
     (tmp_path / "broken.json").write_text("{}")
     with pytest.raises(ValueError, match="not a Hugging Face tokenizer.json"):
         loaded_tokenizer("hf_json", str(tmp_path / "broken.json"))
+
+
+class _StderrWithoutDescriptor(io.StringIO):
+    """Like a Jupyter kernel's stderr under pytest: ``fileno()`` raises."""
+
+
+class _StderrOnACopyOfDescriptor2(io.StringIO):
+    """Like a Jupyter kernel's stderr: ``fileno()`` is a copy of the original descriptor 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.copy = os.dup(2)
+
+    def fileno(self):
+        return self.copy
+
+
+@pytest.mark.parametrize("stream", [_StderrWithoutDescriptor, _StderrOnACopyOfDescriptor2])
+def test_training_log_stays_out_of_a_notebooks_stderr(capfd, monkeypatch, stream,
+                                                      python_docs_train_texts, small_options):
+    captured = stream()
+    monkeypatch.setattr(sys, "stderr", captured)
+    tokenizer = trained_sentencepiece_tokenizer(python_docs_train_texts[:50], small_options)
+    assert sys.stderr is captured
+    assert "trainer_interface" not in capfd.readouterr().err  # the log went to the log file
+    assert tokenizer.decode(tokenizer.encode("def read(self):")) == "def read(self):"
+    if isinstance(captured, _StderrOnACopyOfDescriptor2):
+        os.close(captured.copy)

@@ -67,3 +67,17 @@ def test_plot_errors_name_the_problem(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1, "accuracy": 0.5}\n')
     with pytest.raises(ValueError, match="no 'loss' values"):
         plot_metrics(str(tmp_path))
+
+
+def test_plot_leaves_the_pyplot_backend_alone(tmp_path):
+    import matplotlib
+
+    workdir = str(tmp_path / "run")
+    _write_run(workdir, steps=3)
+    previous = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a notebook's inline backend stands for any other one here
+    try:
+        _png_size(plot_metrics(workdir))
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(previous)

@@ -1,0 +1,65 @@
+"""Every notebook in notebooks/ runs top to bottom, on a tiny setting, in this interpreter.
+
+Each notebook is executed with nbclient in a fresh ``python3`` kernel. The kernelspec is written
+into a temporary ``JUPYTER_PATH`` entry, which Jupyter searches before the user's and the
+environment's kernels, with ``argv[0] = sys.executable``: the kernel runs the interpreter that runs
+the tests (the virtual environment's, with this checkout's ``lmjax`` first on ``PYTHONPATH``),
+whatever other ``python3`` kernels are installed. A cell that raises fails the test with the
+cell's source and traceback.
+
+The notebooks read ``LMJAX_NOTEBOOK_STEPS`` and ``LMJAX_NOTEBOOK_WORKDIR``; here they train a few
+steps into a temporary directory.
+"""
+
+import glob
+import os
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
+KERNEL = "python3"
+CELL_TIMEOUT_S = 300  # one cell, e.g. the training run: compiling on a busy CPU included
+STEPS = 3
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks in {os.path.join(REPO, 'notebooks')}"
+
+
+def _interpreter_check_cell():
+    """Returns a cell that fails unless the kernel runs this test's interpreter."""
+    return nbformat.v4.new_code_cell(
+        f"import sys\nassert sys.executable == {sys.executable!r}, sys.executable"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs_without_errors(path, tmp_path, monkeypatch):
+    jupyter_dir = tmp_path / "jupyter"
+    kernelspec.write_kernel_spec(str(jupyter_dir / "kernels" / KERNEL))  # argv[0] = sys.executable
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_dir))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("LMJAX_NOTEBOOK_STEPS", str(STEPS))
+    monkeypatch.setenv("LMJAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
+
+    notebook = nbformat.read(path, as_version=4)
+    assert notebook.metadata.kernelspec.name == KERNEL, "save the notebook with the python3 kernel"
+    assert all(not cell.get("outputs") for cell in notebook.cells), "clear the outputs first"
+    notebook.cells.insert(0, _interpreter_check_cell())
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name=KERNEL,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
+    )
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        pytest.fail(f"{os.path.basename(path)}: a cell raised:\n{error}", pytrace=False)
+    assert os.path.isfile(tmp_path / "run" / "loss.png")
