@@ -7,6 +7,7 @@ of standard-library docstrings; the train, resume and bad-input tests all run it
 import ast
 import glob
 import os
+import sys
 import sysconfig
 
 import pytest
@@ -85,5 +86,25 @@ def tiny_run_config(tiny_run_overrides):
         config = load_experiment(DEMO_EXPERIMENT)
         apply_overrides(config, list(tiny_run_overrides) + list(extra))
         return validate(config)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def train_command():
+    """Returns ``(workdir, *args) -> argv`` of ``python -m lmjax train`` of demo.py in workdir."""
+
+    def make(workdir, *args):
+        return [
+            sys.executable,
+            "-m",
+            "lmjax",
+            "train",
+            "--config",
+            DEMO_EXPERIMENT,
+            "--workdir",
+            str(workdir),
+            *args,
+        ]
 
     return make

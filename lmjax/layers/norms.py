@@ -23,6 +23,17 @@ from lmjax import axes
 from lmjax.layers.dense import Initializer
 
 
+def _norm_param(module: nn.Module, name: str, init: Initializer, features: int) -> jax.Array:
+    """Declares ``module``'s [E] parameter ``name`` on the 'norm' axis; returns it in float32."""
+    value = module.param(
+        name,
+        nn.with_logical_partitioning(init, (axes.NORM,)),
+        (features,),
+        module.param_dtype,
+    )
+    return jnp.asarray(value, jnp.float32)
+
+
 class LayerNorm(nn.Module):
     """Layer normalisation over the last axis, in float32.
 
@@ -54,21 +65,9 @@ class LayerNorm(nn.Module):
         variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
         y = centred * jax.lax.rsqrt(variance + self.epsilon)
         if self.use_scale:
-            scale = self.param(
-                "scale",
-                nn.with_logical_partitioning(self.scale_init, (axes.NORM,)),
-                (features,),
-                self.param_dtype,
-            )
-            y = y * jnp.asarray(scale, jnp.float32)
+            y = y * _norm_param(self, "scale", self.scale_init, features)
         if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(self.bias_init, (axes.NORM,)),
-                (features,),
-                self.param_dtype,
-            )
-            y = y + jnp.asarray(bias, jnp.float32)
+            y = y + _norm_param(self, "bias", self.bias_init, features)
         return jnp.asarray(y, self.dtype)
 
 
@@ -94,13 +93,8 @@ class RMSNorm(nn.Module):
         x = jnp.asarray(x, jnp.float32)
         mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
         y = x * jax.lax.rsqrt(mean_square + self.epsilon)
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(self.scale_init, (axes.NORM,)),
-            (features,),
-            self.param_dtype,
-        )
-        return jnp.asarray(y * jnp.asarray(scale, jnp.float32), self.dtype)
+        scale = _norm_param(self, "scale", self.scale_init, features)
+        return jnp.asarray(y * scale, self.dtype)
 
 
 NORMS = {"layer": LayerNorm, "rms": RMSNorm}

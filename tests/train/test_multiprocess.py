@@ -10,7 +10,6 @@ metrics, samples and plot.
 import os
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ def _env_with_devices(count):
 
 @pytest.mark.slow
 def test_two_processes_train_to_the_single_process_losses(
-    tmp_path, reference_run, tiny_run_overrides, records
+    tmp_path, reference_run, tiny_run_overrides, records, train_command
 ):
     reference_workdir, _ = reference_run
     workdir = str(tmp_path / "two_processes")
@@ -40,14 +39,7 @@ def test_two_processes_train_to_the_single_process_losses(
     for process_id in range(2):
         log = open(tmp_path / f"process_{process_id}.log", "w")
         logs.append(log)
-        command = [
-            sys.executable,
-            "-m",
-            "lmjax",
-            "train",
-            "--config",
-            "experiments/gpt/demo.py",
-            "--workdir",
+        command = train_command(
             workdir,
             "--coordinator_address",
             f"127.0.0.1:{port}",
@@ -56,7 +48,7 @@ def test_two_processes_train_to_the_single_process_losses(
             "--process_id",
             str(process_id),
             *tiny_run_overrides,
-        ]
+        )
         processes.append(
             subprocess.Popen(
                 command, cwd=REPO, env=_env_with_devices(4), stdout=log, stderr=subprocess.STDOUT

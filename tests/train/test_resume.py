@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -26,20 +25,6 @@ def _committed_steps(workdir):
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def _train_command(workdir, overrides):
-    return [
-        sys.executable,
-        "-m",
-        "lmjax",
-        "train",
-        "--config",
-        "experiments/gpt/demo.py",
-        "--workdir",
-        workdir,
-        *overrides,
-    ]
 
 
 def _subprocess_env(tmp_path):
@@ -72,12 +57,12 @@ def _assert_same_train_losses(records, workdir, reference_workdir, steps, atol):
 
 @pytest.mark.slow
 def test_kill_9_then_restart_gives_the_uninterrupted_losses(
-    tmp_path, reference_run, tiny_run_overrides, records
+    tmp_path, reference_run, tiny_run_overrides, records, train_command
 ):
     reference_workdir, _ = reference_run
     workdir = str(tmp_path / "killed_run")
     # No samples: they are the reference run's to check, and compiling the decoder costs time.
-    command = _train_command(workdir, [*tiny_run_overrides, "--config.generate.max_new_tokens=0"])
+    command = train_command(workdir, *tiny_run_overrides, "--config.generate.max_new_tokens=0")
     env = _subprocess_env(tmp_path)
     log_path = tmp_path / "killed_run.log"
     with open(log_path, "w") as log:

@@ -45,30 +45,19 @@ def test_batch_that_does_not_split_into_microbatches_is_a_clear_error(tiny_gpt, 
     mesh, rules = _mesh_and_rules((2, 2, 2))
     tx = optimizers.make_optimizer(_OPT, 5)
     abstract, shardings = step_lib.abstract_train_state(model, tx, _init_inputs(32), mesh, rules)
-    train_step = step_lib.make_train_step(
-        model,
-        objectives.get("causal_lm"),
-        tx,
-        optimizers.make_schedule(_OPT, 5),
-        mesh,
-        rules,
-        shardings,
-        grad_accum=3,
-    )
+    objective, schedule = objectives.get("causal_lm"), optimizers.make_schedule(_OPT, 5)
+
+    def make_step(grad_accum):
+        return step_lib.make_train_step(
+            model, objective, tx, schedule, mesh, rules, shardings, grad_accum=grad_accum
+        )
+
+    train_step = make_step(grad_accum=3)
     batch = step_lib.host_batch_to_global(reference_batches[0], mesh, rules)
     with pytest.raises(ValueError, match=r"global batch 16 does not split into train.grad_accum=3"):
         train_step.lower(abstract, batch, jax.random.key(0))
     with pytest.raises(ValueError, match=r"grad_accum=0 must be a positive int"):
-        step_lib.make_train_step(
-            model,
-            objectives.get("causal_lm"),
-            tx,
-            optimizers.make_schedule(_OPT, 5),
-            mesh,
-            rules,
-            shardings,
-            grad_accum=0,
-        )
+        make_step(grad_accum=0)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_loss(
