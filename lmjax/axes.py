@@ -24,6 +24,7 @@ LAYERS = "layers"  # N: the stacked-layer axis of a scanned stack
 NORM = "norm"  # the width of a norm's scale / bias (never sharded)
 TYPE = "type"  # rows of a segment / token-type table (never sharded)
 FACTOR = "factor"  # the small width of a factorized embedding (ALBERT's E)
+CLASSES = "classes"  # outputs of a small classification head (BERT NSP; never sharded)
 
 # --- Activation axes ------------------------------------------------------------------------
 BATCH = "batch"
@@ -35,7 +36,7 @@ ACT_KV = "activation_kv"
 ACT_VOCAB = "activation_vocab"
 
 ALL = (
-    VOCAB, EMBED, MLP, HEADS, KV, POSITION, LAYERS, NORM, TYPE, FACTOR,
+    VOCAB, EMBED, MLP, HEADS, KV, POSITION, LAYERS, NORM, TYPE, FACTOR, CLASSES,
     BATCH, LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV, ACT_VOCAB,
 )
 
@@ -55,6 +56,7 @@ DEFAULT_RULES = (
     (NORM, None),
     (TYPE, None),
     (FACTOR, None),
+    (CLASSES, None),
     (ACT_EMBED, None),
     (ACT_MLP, "tensor"),
     (ACT_HEADS, "tensor"),

@@ -17,9 +17,10 @@ import sys
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-kernelspec = pytest.importorskip("ipykernel.kernelspec")
+# Test-only dependencies (pyproject [test] extra): a missing one is an error, never a skip.
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
+from ipykernel import kernelspec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
