@@ -57,7 +57,14 @@ import ml_collections
 import numpy as np
 
 from lmjax import models
-from lmjax.convert.safetensors_checkpoint import hf_config, hf_tensors, stripped_prefix
+from lmjax.convert.safetensors_checkpoint import (
+    CheckpointTensors,
+    check_matches_model,
+    hf_config,
+    hf_tensors,
+    layer_norm_params,
+    stripped_prefix,
+)
 from lmjax.models import gpt
 
 # HF activation names -> lmjax names (transformers/activations.py ACT2FN; openai-gpt's own
@@ -183,44 +190,7 @@ def lmjax_model_config(
     return models.config_dict("gpt", _LAYOUTS[_model_type(config)]["preset"], **fields)
 
 
-class _TensorSource:
-    """Hands out checkpoint tensors by name, checking shapes and remembering what was used."""
-
-    def __init__(self, tensors: Mapping[str, np.ndarray], directory: str):
-        self._tensors = dict(tensors)
-        self._used: set[str] = set()
-        self._directory = directory
-
-    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in self._tensors:
-            raise ValueError(
-                f"Tensor {name!r} is missing from the checkpoint in {self._directory} "
-                f"(it has {len(self._tensors)} tensors, e.g. {sorted(self._tensors)[:4]})."
-            )
-        array = self._tensors[name]
-        if tuple(array.shape) != tuple(shape):
-            raise ValueError(
-                f"Tensor {name!r} has shape {tuple(array.shape)} but the lmjax config expects "
-                f"{tuple(shape)}; build the config from this checkpoint (lmjax_model_config)."
-            )
-        self._used.add(name)
-        return array
-
-    def has(self, name: str) -> bool:
-        return name in self._tensors
-
-    def unused(self) -> list[str]:
-        return sorted(n for n in self._tensors if n not in self._used and not _SKIPPED.match(n))
-
-
-def _norm(src: _TensorSource, name: str, width: int) -> dict[str, np.ndarray]:
-    return {
-        "scale": src.take(f"{name}.weight", (width,)),
-        "bias": src.take(f"{name}.bias", (width,)),
-    }
-
-
-def _layer_params(src: _TensorSource, i: int, cfg: gpt.GPTConfig) -> dict[str, Any]:
+def _layer_params(src: CheckpointTensors, i: int, cfg: gpt.GPTConfig) -> dict[str, Any]:
     """Returns one block's lmjax parameters (unscanned shapes) from HF tensors ``h.{i}.*``."""
     e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
     p = f"h.{i}"
@@ -249,9 +219,9 @@ def _layer_params(src: _TensorSource, i: int, cfg: gpt.GPTConfig) -> dict[str, A
         },
     }
     return {
-        "attention_norm": _norm(src, f"{p}.ln_1", e),
+        "attention_norm": layer_norm_params(src, f"{p}.ln_1", e),
         "attention": attention,
-        "mlp_norm": _norm(src, f"{p}.ln_2", e),
+        "mlp_norm": layer_norm_params(src, f"{p}.ln_2", e),
         "mlp": mlp,
     }
 
@@ -309,7 +279,8 @@ def gpt_params_from_hf(
             f"final_norm={layout['final_norm'] is not None}; the config has norm={cfg.norm!r}, "
             f"final_norm={cfg.final_norm}."
         )
-    src = _TensorSource(stripped_prefix(hf_tensors(directory), "transformer."), directory)
+    tensors = stripped_prefix(hf_tensors(directory), "transformer.")
+    src = CheckpointTensors(tensors, directory, _SKIPPED, "lmjax_model_config")
 
     base_vocab = cfg.vocab_size - added_token_rows
     token_table = src.take(layout["token"], (base_vocab, cfg.embed_dim))  # [V0, E]
@@ -336,7 +307,7 @@ def gpt_params_from_hf(
     else:
         params["decoder"] = {f"layers_{i}": layer for i, layer in enumerate(layers)}
     if layout["final_norm"] is not None:
-        params["final_norm"] = _norm(src, layout["final_norm"], cfg.embed_dim)
+        params["final_norm"] = layer_norm_params(src, layout["final_norm"], cfg.embed_dim)
 
     if src.unused() and not skip_unexpected:
         raise ValueError(
@@ -345,32 +316,9 @@ def gpt_params_from_hf(
         )
     param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
     params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    _check_against_model(params, cfg)
+    check_matches_model(params, gpt.param_shapes(cfg), "GPT")
     return params
 
-
-def _check_against_model(params: Mapping[str, Any], cfg: gpt.GPTConfig) -> None:
-    """Raises ValueError unless ``params`` has exactly the model's parameter paths and shapes."""
-    expected = {
-        jax.tree_util.keystr(path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(gpt.param_shapes(cfg))
-    }
-    got = {
-        jax.tree_util.keystr(path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-    }
-    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    wrong = [
-        f"{k}: converted {got[k].shape} {got[k].dtype}, "
-        f"model {expected[k].shape} {expected[k].dtype}"
-        for k in sorted(set(got) & set(expected))
-        if tuple(got[k].shape) != tuple(expected[k].shape) or got[k].dtype != expected[k].dtype
-    ]
-    if missing or extra or wrong:
-        raise ValueError(
-            "The converted parameters do not match lmjax's GPT parameter tree: "
-            f"missing {missing}, unexpected {extra}, mismatched {wrong}."
-        )
 
 
 def load_hf_gpt(

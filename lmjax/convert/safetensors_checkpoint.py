@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Mapping
 
+import jax
 import numpy as np
 from safetensors import safe_open
 
@@ -119,3 +121,90 @@ def stripped_prefix(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str,
     without the prefix (e.g. ``lm_head.weight``) are kept as they are.
     """
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+
+
+class CheckpointTensors:
+    """Hands out a checkpoint's tensors by name, checking shapes and remembering what was used.
+
+    A converter takes every tensor it maps with :meth:`take`; afterwards :meth:`unused` lists the
+    ones nothing took (besides the buffers ``skipped`` matches), so an unexpected tensor is an
+    error instead of a silently dropped weight.
+
+    Args:
+      tensors: name -> array, as :func:`hf_tensors` returns them.
+      directory: the checkpoint directory (for error messages).
+      skipped: a pattern (``re.search``) of names that are buffers, not parameters.
+      config_function: the function that builds a matching lmjax config (named in errors).
+    """
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], directory: str, skipped: re.Pattern,
+                 config_function: str):
+        self._tensors = dict(tensors)
+        self._used: set[str] = set()
+        self._directory = directory
+        self._skipped = skipped
+        self._config_function = config_function
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Returns tensor ``name``, which must have ``shape``.
+
+        Raises:
+          ValueError: naming the tensor when it is missing or has another shape.
+        """
+        if name not in self._tensors:
+            raise ValueError(
+                f"Tensor {name!r} is missing from the checkpoint in {self._directory} "
+                f"(it has {len(self._tensors)} tensors, e.g. {sorted(self._tensors)[:4]})."
+            )
+        array = self._tensors[name]
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(
+                f"Tensor {name!r} has shape {tuple(array.shape)} but the lmjax config expects "
+                f"{tuple(shape)}; build the config from this checkpoint ({self._config_function})."
+            )
+        self._used.add(name)
+        return array
+
+    def has(self, name: str) -> bool:
+        """Returns whether the checkpoint holds tensor ``name``."""
+        return name in self._tensors
+
+    def unused(self) -> list[str]:
+        """Returns the names no :meth:`take` asked for, buffers excluded, sorted."""
+        return sorted(
+            n for n in self._tensors if n not in self._used and not self._skipped.search(n)
+        )
+
+
+def layer_norm_params(src: CheckpointTensors, name: str, width: int) -> dict[str, np.ndarray]:
+    """Returns an lmjax LayerNorm's ``scale`` / ``bias`` from ``<name>.weight`` / ``<name>.bias``."""
+    return {
+        "scale": src.take(f"{name}.weight", (width,)),
+        "bias": src.take(f"{name}.bias", (width,)),
+    }
+
+
+def check_matches_model(params: Mapping, expected: Mapping, family: str) -> None:
+    """Raises ValueError unless ``params`` has exactly ``expected``'s paths, shapes and dtypes.
+
+    Args:
+      params: the converted parameter tree (NumPy arrays).
+      expected: the model's abstract parameter tree (``<family>.param_shapes(config)``).
+      family: the model family's name, for the message.
+    """
+    def flat(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+    want, got = flat(expected), flat(params)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [
+        f"{k}: converted {got[k].shape} {got[k].dtype}, model {want[k].shape} {want[k].dtype}"
+        for k in sorted(set(got) & set(want))
+        if tuple(got[k].shape) != tuple(want[k].shape) or got[k].dtype != want[k].dtype
+    ]
+    if missing or extra or wrong:
+        raise ValueError(
+            f"The converted parameters do not match lmjax's {family} parameter tree: "
+            f"missing {missing}, unexpected {extra}, mismatched {wrong}."
+        )

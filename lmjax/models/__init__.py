@@ -29,6 +29,7 @@ import ml_collections
 # family name -> module path. Families are imported lazily, on first use.
 FAMILIES: dict[str, str] = {
     "gpt": "lmjax.models.gpt",
+    "bert": "lmjax.models.bert",
 }
 
 

@@ -99,6 +99,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax import axes
+from lmjax.models import parameters
 from lmjax.layers import masks
 from lmjax.layers.embeddings import Embed, PositionEmbed
 from lmjax.layers.mlp import activation_fn
@@ -107,8 +108,6 @@ from lmjax.layers.transformer import (
     REMAT_POLICIES,
     BlockConfig,
     TransformerStack,
-    stack_layer_params,
-    unstack_layer_params,
 )
 
 GPT1_SPECIAL_TOKENS = ("_start_", "_delimiter_", "_classify_")
@@ -439,17 +438,12 @@ Model = GPT
 
 def param_shapes(config: GPTConfig) -> Any:
     """The parameter tree as ``jax.ShapeDtypeStruct`` leaves (no allocation, via eval_shape)."""
-    model = GPT(config)
-    abstract = jax.eval_shape(
-        lambda key: model.init(key, jnp.zeros((1, 1), jnp.int32)), jax.random.key(0)
-    )
-    return nn.unbox(abstract["params"])
+    return parameters.abstract_params(GPT(config))
 
 
 def count_params(config: GPTConfig) -> int:
     """The number of parameters of a model built from ``config`` (no allocation)."""
-    leaves = jax.tree_util.tree_leaves(param_shapes(config))
-    return sum(math.prod(leaf.shape) for leaf in leaves)
+    return parameters.param_count(param_shapes(config))
 
 
 def to_scanned_layout(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
@@ -457,16 +451,9 @@ def to_scanned_layout(params: Mapping[str, Any], num_layers: int) -> dict[str, A
 
     Accepts boxed (``nn.LogicallyPartitioned``) or plain leaves; returns plain arrays.
     """
-    params = dict(nn.unbox(params))
-    params["decoder"] = stack_layer_params(params["decoder"], num_layers)
-    return params
+    return parameters.scanned_layout(params, "decoder", num_layers)
 
 
 def to_unscanned_layout(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Scanned parameters (``decoder/layers`` [N, ...]) -> unscanned (``decoder/layers_{i}``).
-
-    Accepts boxed or plain leaves; returns plain arrays.
-    """
-    params = dict(nn.unbox(params))
-    params["decoder"] = unstack_layer_params(params["decoder"])
-    return params
+    """Scanned parameters (``decoder/layers`` [N, ...]) -> unscanned (``decoder/layers_{i}``)."""
+    return parameters.unscanned_layout(params, "decoder")

@@ -55,9 +55,24 @@ def _causal_lm() -> Objective:
     )
 
 
+def _mlm() -> Objective:
+    from lmjax.objectives import mlm
+
+    # BERT's masking (fixed 15% budget, 80/10/10) on the BERT uncased vocabulary ids.
+    return mlm.mlm_objective("mlm", nsp=False)
+
+
+def _mlm_nsp() -> Objective:
+    from lmjax.objectives import mlm
+
+    return mlm.mlm_objective("mlm_nsp", nsp=True)
+
+
 # name -> a zero-argument factory returning the Objective (imports stay lazy).
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "causal_lm": _causal_lm,
+    "mlm": _mlm,
+    "mlm_nsp": _mlm_nsp,
 }
 
 
