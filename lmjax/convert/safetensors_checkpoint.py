@@ -177,7 +177,7 @@ class CheckpointTensors:
 
 
 def layer_norm_params(src: CheckpointTensors, name: str, width: int) -> dict[str, np.ndarray]:
-    """Returns an lmjax LayerNorm's ``scale`` / ``bias`` from ``<name>.weight`` / ``<name>.bias``."""
+    """Returns an lmjax LayerNorm's ``scale`` / ``bias`` from ``<name>.weight`` / ``.bias``."""
     return {
         "scale": src.take(f"{name}.weight", (width,)),
         "bias": src.take(f"{name}.bias", (width,)),
