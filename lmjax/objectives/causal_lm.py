@@ -69,11 +69,25 @@ def causal_lm_loss(
         if weights is None
         else jnp.asarray(weights, jnp.float32)
     )
+    return weighted_token_loss(logits, targets, weights)
+
+
+def weighted_token_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted mean token cross-entropy, shared by the causal-LM and masked-LM losses.
+
+    Args:
+      logits: [B, L, V]; targets: int [B, L]; weights: float32 [B, L].
+
+    Returns:
+      ``(loss, metrics)``: ``sum(w * nll) / sum(w)`` (0 when the weights sum to 0), and float32
+      ``loss``, ``accuracy`` (weighted share of argmax hits), ``num_tokens`` (``sum(w)``).
+    """
     nll = token_cross_entropy(logits, targets)  # [B, L]
     num_tokens = jnp.sum(weights)
     denominator = jnp.maximum(num_tokens, jnp.finfo(jnp.float32).tiny)
     loss = jnp.sum(nll * weights) / denominator
     hits = jnp.asarray(jnp.argmax(logits, axis=-1) == targets, jnp.float32)  # [B, L]
     accuracy = jnp.sum(hits * weights) / denominator
-    metrics = {"loss": loss, "accuracy": accuracy, "num_tokens": num_tokens}
-    return loss, metrics
+    return loss, {"loss": loss, "accuracy": accuracy, "num_tokens": num_tokens}

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.objectives import masking
-from lmjax.objectives.causal_lm import token_cross_entropy
+from lmjax.objectives.causal_lm import token_cross_entropy, weighted_token_loss
 
 MODEL_INPUTS = ("inputs", "token_type_ids", "attention_mask")
 
@@ -275,13 +275,7 @@ def mlm_loss(
             f"logits {logits.shape} and mlm_targets {targets.shape} disagree on [batch, length]."
         )
     weights = jnp.asarray(batch["mlm_weights"], jnp.float32)  # [B, L]
-    nll = token_cross_entropy(logits, targets)  # [B, L]
-    num_tokens = jnp.sum(weights)
-    denominator = jnp.maximum(num_tokens, jnp.finfo(jnp.float32).tiny)
-    loss = jnp.sum(nll * weights) / denominator
-    hits = jnp.asarray(jnp.argmax(logits, axis=-1) == targets, jnp.float32)  # [B, L]
-    accuracy = jnp.sum(hits * weights) / denominator
-    return loss, {"loss": loss, "accuracy": accuracy, "num_tokens": num_tokens}
+    return weighted_token_loss(logits, targets, weights)
 
 
 def mlm_nsp_loss(
