@@ -53,13 +53,17 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples"),
 }
 LIST_SECTIONS = ("mesh", "rules")
-REQUIRED_SECTIONS = tuple(SECTION_FIELDS) + LIST_SECTIONS
+# Sections a run may leave out: ``generate`` (sampling after training; encoders have none).
+OPTIONAL_SECTIONS = ("generate",)
+REQUIRED_SECTIONS = tuple(s for s in SECTION_FIELDS if s not in OPTIONAL_SECTIONS) + LIST_SECTIONS
 
 # Choices the rest of lmjax understands; extend these when a new one is implemented.
 OPTIMIZER_NAMES = ("adamw", "adafactor", "lamb")
 SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_rsqrt", "constant")
 WEIGHT_DECAY_MASKS = ("matrices", "all", "none")
-TOKENIZER_KINDS = ("sentencepiece", "hf_json")
+TOKENIZER_KINDS = ("sentencepiece", "hf_json", "wordpiece")
+DATA_FORMATS = ("lm", "segments")
+SENTENCE_PAIRS = ("none", "nsp", "sop")
 DATA_SOURCE_PREFIXES = ("tfds:", "text:", "jsonl:")
 EMBEDDED_DATA_SOURCES = ("python_docs",)
 
@@ -440,7 +444,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _missing_sections(config: ml_collections.ConfigDict) -> list[str]:
     problems = []
-    for section in REQUIRED_SECTIONS:
+    for section in REQUIRED_SECTIONS + OPTIONAL_SECTIONS:
+        if section in OPTIONAL_SECTIONS and section not in config:
+            continue
         if section not in config:
             problems.append(
                 f"missing section config.{section} (every experiment defines "
@@ -495,6 +501,8 @@ def _numeric_problems(config: ml_collections.ConfigDict) -> list[str]:
     train, opt = config.train, config.optimizer
     problems = []
     for key, test, requirement in _RANGE_CHECKS:
+        if key.split(".")[0] not in config:  # an optional section left out
+            continue
         value = config[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             problems.append(f"config.{key} must be a number, got {value!r}")
@@ -537,6 +545,9 @@ def _choice_problems(config: ml_collections.ConfigDict) -> list[str]:
         ("optimizer.weight_decay_mask", config.optimizer.weight_decay_mask, WEIGHT_DECAY_MASKS),
         ("tokenizer.kind", config.tokenizer.kind, TOKENIZER_KINDS),
     ]
+    for key, allowed in (("data.format", DATA_FORMATS), ("data.sentence_pairs", SENTENCE_PAIRS)):
+        if key.split(".")[1] in config.data:
+            choices.append((key, config[key], allowed))
     for key, value, allowed in choices:
         if value not in allowed:
             problems.append(
@@ -552,10 +563,11 @@ def _choice_problems(config: ml_collections.ConfigDict) -> list[str]:
             f"config.data.source is {source!r}; use one of {', '.join(EMBEDDED_DATA_SOURCES)}, "
             "'tfds:<name>[/config]', 'text:<glob>' or 'jsonl:<glob>'"
         )
-    if config.tokenizer.kind == "hf_json" and not config.tokenizer.path:
+    if config.tokenizer.kind in ("hf_json", "wordpiece") and not config.tokenizer.path:
+        file = "tokenizer.json" if config.tokenizer.kind == "hf_json" else "vocab.txt"
         problems.append(
-            "config.tokenizer.kind is 'hf_json' but config.tokenizer.path is empty; pass the "
-            "tokenizer.json file with --config.tokenizer.path=/path/to/tokenizer.json"
+            f"config.tokenizer.kind is {config.tokenizer.kind!r} but config.tokenizer.path is "
+            f"empty; pass the {file} file with --config.tokenizer.path=/path/to/{file}"
         )
     return problems
 

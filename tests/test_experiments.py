@@ -23,6 +23,19 @@ VARIANTS = {
                                 "size=2.7b", "size=6.7b", "size=13b", "size=175b",
                                 "size=small,sparse=false"],
     "experiments/gpt/demo.py": [None, "steps=20"],
+    "experiments/encoders/bert.py": ["size=tiny", "size=mini", "size=small", "size=medium",
+                                     "size=base", "size=large"],
+    "experiments/encoders/roberta.py": ["size=tiny", "size=base", "size=large"],
+    "experiments/encoders/albert.py": ["size=tiny", "size=base", "size=large", "size=xlarge",
+                                       "size=xxlarge"],
+    "experiments/encoders/electra.py": ["size=tiny", "size=small", "size=base", "size=large"],
+    "experiments/encoders/distilbert.py": ["size=tiny", "size=base"],
+    "experiments/encoders/tinybert.py": ["size=tiny", "size=4l", "size=6l"],
+}
+# The objective each experiment file trains.
+OBJECTIVES = {
+    "bert.py": "mlm_nsp", "roberta.py": "mlm", "albert.py": "mlm_sop", "electra.py": "electra",
+    "distilbert.py": "distilbert", "tinybert.py": "tinybert_intermediate",
 }
 SPECS = [
     path if arg is None else f"{path}:{arg}" for path, args in VARIANTS.items() for arg in args
@@ -37,16 +50,24 @@ def test_every_experiment_file_is_covered():
 def test_experiment_loads_validates_and_builds_its_model_config(spec):
     config = validate(load_experiment(spec))
     assert config.is_locked
-    assert config.objective.name == "causal_lm"
-    assert config.data.source == "python_docs"
+    path = spec.split(":")[0]
+    assert config.objective.name == OBJECTIVES.get(os.path.basename(path), "causal_lm")
+    if "/gpt/" in path or spec.endswith("size=tiny"):
+        assert config.data.source == "python_docs"
+    else:  # encoder sizes beyond tiny read prepared TFDS data
+        assert config.data.source.startswith("tfds:")
     assert config.mesh == [("data", -1), ("fsdp", 1), ("tensor", 1)]
     assert config.rules == [tuple(rule) for rule in axes.DEFAULT_RULES]
-    assert config.optimizer.clip_grad_norm == 1.0
+    # DistilBERT's distiller.py clips at 5.0; every other recipe at 1.0.
+    assert config.optimizer.clip_grad_norm == (5.0 if "distilbert" in spec else 1.0)
     assert config.optimizer.weight_decay_mask == "matrices"
-    assert config.tokenizer.vocab_size == config.model.vocab_size
-    assert config.data.seq_len <= config.model.max_len
     model_config = models.make_config(config.model)  # the frozen dataclass: checks every field
-    assert model_config.num_layers == config.model.num_layers
+    if config.model.family == "teacher_student":  # the networks' configs live inside
+        model_config = model_config.student_config()
+    else:
+        assert model_config.num_layers == config.model.num_layers
+    assert config.tokenizer.vocab_size == model_config.vocab_size
+    assert config.data.seq_len <= model_config.max_len
 
 
 def test_docstrings_give_the_command_and_the_target():

@@ -7,8 +7,10 @@ the tests (the virtual environment's, with this checkout's ``lmjax`` first on ``
 whatever other ``python3`` kernels are installed. A cell that raises fails the test with the
 cell's source and traceback.
 
-The notebooks read ``LMJAX_NOTEBOOK_STEPS`` and ``LMJAX_NOTEBOOK_WORKDIR``; here they train a few
-steps into a temporary directory.
+The notebooks read ``LMJAX_NOTEBOOK_STEPS`` and ``LMJAX_NOTEBOOK_WORKDIR`` (01: here it trains a
+few steps into a temporary directory) and ``LMJAX_NOTEBOOK_DRAWS`` (02: here it draws each masking
+rule a few times). After the run, the notebook's own check (``OUTPUT_CHECKS``) looks at what it
+left behind: a plot file, or the table it printed.
 """
 
 import glob
@@ -27,6 +29,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 KERNEL = "python3"
 CELL_TIMEOUT_S = 300  # one cell, e.g. the training run: compiling on a busy CPU included
 STEPS = 3
+DRAWS = 20
 
 
 def test_there_are_notebooks():
@@ -40,6 +43,45 @@ def _interpreter_check_cell():
     )
 
 
+def _printed(notebook):
+    """Returns the text the notebook's cells printed (stream outputs), in order."""
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
+
+
+def _tiny_gpt_plotted_its_loss(notebook, tmp_path):
+    assert os.path.isfile(tmp_path / "run" / "loss.png")
+
+
+MASKING_RULES = ("BERT fixed", "Bernoulli", "whole-word", "ALBERT n-gram", "ELECTRA")
+
+
+def _masking_rules_printed_their_rates(notebook, tmp_path):
+    printed = _printed(notebook)
+    title = f"measured rates over {DRAWS} draws"
+    assert title in printed, f"no '{title}' table in the printed output:\n{printed[-2000:]}"
+    rows = printed.split(title, 1)[1].splitlines()[2 : 2 + len(MASKING_RULES)]
+    for rule, row in zip(MASKING_RULES, rows):
+        assert row.startswith(rule), (rule, row)
+        assert row.split()[-1] == "0", f"special positions selected: {row}"
+        assert row.count("±") == 4, f"expected 4 cells of measured (expected ± SE): {row}"
+
+
+# What each notebook must leave behind besides running without errors.
+OUTPUT_CHECKS = {
+    "01_tiny_gpt.ipynb": _tiny_gpt_plotted_its_loss,
+    "02_masking_rules.ipynb": _masking_rules_printed_their_rates,
+}
+
+
+def test_every_notebook_has_an_output_check():
+    assert {os.path.basename(p) for p in NOTEBOOKS} <= set(OUTPUT_CHECKS)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_without_errors(path, tmp_path, monkeypatch):
     jupyter_dir = tmp_path / "jupyter"
@@ -48,6 +90,7 @@ def test_notebook_runs_without_errors(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("LMJAX_NOTEBOOK_STEPS", str(STEPS))
     monkeypatch.setenv("LMJAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LMJAX_NOTEBOOK_DRAWS", str(DRAWS))
 
     notebook = nbformat.read(path, as_version=4)
     assert notebook.metadata.kernelspec.name == KERNEL, "save the notebook with the python3 kernel"
@@ -63,4 +106,4 @@ def test_notebook_runs_without_errors(path, tmp_path, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as error:
         pytest.fail(f"{os.path.basename(path)}: a cell raised:\n{error}", pytrace=False)
-    assert os.path.isfile(tmp_path / "run" / "loss.png")
+    OUTPUT_CHECKS[os.path.basename(path)](notebook, tmp_path)

@@ -1,6 +1,8 @@
 """Language-model batches: packed rows, deterministic shuffling, resumable, one slice per host.
 
-The train loop's three calls (see also ``lmjax.data.load_or_train_tokenizer``)::
+The train loop's three calls (see also ``lmjax.data.load_or_train_tokenizer``); with
+``data.format = 'segments'`` they return encoder batches instead (``lmjax.data.segment_batches``:
+``[CLS] A [SEP] B [SEP]`` rows, ``data.sentence_pairs`` 'none'/'nsp'/'sop')::
 
     tokenizer = load_or_train_tokenizer(config.tokenizer, open_documents(config.data,
                                         config.data.train_split), workdir)
@@ -41,6 +43,18 @@ from lmjax.data.tokenizers import Tokenizer
 __all__ = ["LMBatches", "eval_batches", "train_batches"]
 
 _STATE_KEYS = ("seed", "epoch", "document", "token", "batches")
+_FORMATS = ("lm", "segments")
+
+
+def _wants_segments(data_cfg: Any) -> bool:
+    """True when ``data.format`` asks for encoder segment batches; absent means ``'lm'``."""
+    data_format = config_value(data_cfg, "format", "lm") or "lm"
+    if data_format not in _FORMATS:
+        raise ValueError(
+            f"data.format={data_format!r}: use 'lm' (packed language-model rows) or 'segments' "
+            "([CLS] A [SEP] B [SEP] rows for encoders)."
+        )
+    return data_format == "segments"
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -154,16 +168,26 @@ class LMBatches(Iterator[dict[str, np.ndarray]]):
 
 def train_batches(data_cfg: Any, tokenizer: Tokenizer, global_batch: int, *,
                   process_index: int | None = None,
-                  process_count: int | None = None) -> LMBatches:
+                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Returns the endless, shuffled training batches of ``data_cfg.train_split``.
 
     Args:
         data_cfg: The ``data`` config: source (and what ``open_documents`` reads), train_split,
-            seq_len, document_mask, shuffle_seed, optional add_bos.
+            seq_len, document_mask, shuffle_seed, optional add_bos; optional format ('lm', the
+            default, or 'segments': then sentence_pairs and short_seq_prob are read and a
+            ``SegmentBatches`` comes back).
         tokenizer: From ``load_or_train_tokenizer``.
         global_batch: ``config.train.global_batch``.
         process_index, process_count: This process's slot; None asks ``jax``.
+
+    Returns:
+        ``LMBatches``, or ``lmjax.data.segment_batches.SegmentBatches`` for format 'segments'.
     """
+    if _wants_segments(data_cfg):
+        from lmjax.data.segment_batches import segment_train_batches  # it imports this module
+
+        return segment_train_batches(data_cfg, tokenizer, global_batch,
+                                     process_index=process_index, process_count=process_count)
     documents = open_documents(data_cfg, config_value(data_cfg, "train_split", "train"))
     return LMBatches(
         documents, tokenizer, seq_len=config_value(data_cfg, "seq_len"),
@@ -191,9 +215,18 @@ def eval_batches(data_cfg: Any, tokenizer: Tokenizer, global_batch: int,
         num_batches: ``config.train.eval_batches``; None or 0 = the whole split.
         process_index, process_count: This process's slot; None asks ``jax``.
 
+    With ``data_cfg.format == 'segments'`` the batches are encoder segment batches, built with seed
+    0 from the split in order (``segment_batches.segment_eval_batches``; an incomplete last
+    global batch is dropped there).
+
     Raises:
         ValueError: The split yields no batch at all.
     """
+    if _wants_segments(data_cfg):
+        from lmjax.data.segment_batches import segment_eval_batches  # it imports this module
+
+        return segment_eval_batches(data_cfg, tokenizer, global_batch, num_batches,
+                                    process_index=process_index, process_count=process_count)
     split = config_value(data_cfg, "eval_split", "validation")
     documents = open_documents(data_cfg, split)
     batches = list(LMBatches(

@@ -6,6 +6,9 @@
   Sennrich et al. 2016).
 * :class:`HuggingFaceTokenizer` wraps a ``tokenizer.json`` through the ``tokenizers`` library
   (e.g. GPT-2's byte-level BPE, for converted checkpoints).
+* ``WordPieceTokenizer`` (in ``lmjax.data.encoder_vocab``, with what encoders need of a
+  vocabulary: special ids and word starts) reads a published BERT ``vocab.txt``;
+  ``loaded_tokenizer`` opens it as ``kind='wordpiece'``.
 
 Training choices, and why:
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -82,6 +86,14 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def id_of(self, piece: str) -> int:
         """Returns the id of vocabulary piece ``piece``; KeyError if it is not one."""
+
+    @abc.abstractmethod
+    def id_to_piece(self, piece_id: int) -> str:
+        """Returns the vocabulary piece of ``piece_id`` as stored (``'▁the'``, ``'##ing'``)."""
+
+    def is_special(self, piece_id: int) -> bool:
+        """True for pieces that are not text: control, unknown, byte, added/user-defined pieces."""
+        return False
 
     @property
     @abc.abstractmethod
@@ -140,6 +152,24 @@ class SentencePieceTokenizer(Tokenizer):
                 "tokenizer.user_defined_symbols when the tokenizer is trained."
             )
         return piece_id
+
+    def id_to_piece(self, piece_id: int) -> str:
+        return self._processor.id_to_piece(int(piece_id))
+
+    def is_special(self, piece_id: int) -> bool:
+        piece_id = int(piece_id)
+        processor = self._processor
+        return (processor.is_control(piece_id) or processor.is_unknown(piece_id)
+                or processor.is_byte(piece_id) or piece_id in self._user_defined_ids)
+
+    @functools.cached_property
+    def _user_defined_ids(self) -> frozenset[int]:
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        user_defined = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+        return frozenset(i for i, p in enumerate(proto.pieces) if p.type == user_defined)
 
     @property
     def vocab_size(self) -> int:
@@ -221,6 +251,27 @@ class HuggingFaceTokenizer(Tokenizer):
         if piece_id is None:
             raise KeyError(f"{piece!r} is not a token of {self._path}.")
         return piece_id
+
+    def id_to_piece(self, piece_id: int) -> str:
+        piece = self._tokenizer.id_to_token(int(piece_id))
+        if piece is None:
+            raise KeyError(f"Id {piece_id} is outside the vocabulary of {self._path}.")
+        return piece
+
+    def is_special(self, piece_id: int) -> bool:
+        return int(piece_id) in self._added_ids
+
+    @functools.cached_property
+    def _added_ids(self) -> frozenset[int]:
+        return frozenset(int(i) for i in self._tokenizer.get_added_tokens_decoder())
+
+    @functools.cached_property
+    def continuing_subword_prefix(self) -> str | None:
+        """``'##'`` when the model is WordPiece (pieces inside a word carry it), else None."""
+        model = json.loads(self._tokenizer.to_str()).get("model", {})
+        if model.get("type") == "WordPiece":
+            return model.get("continuing_subword_prefix") or "##"
+        return None
 
     @property
     def vocab_size(self) -> int:
@@ -408,19 +459,25 @@ def trained_sentencepiece_tokenizer(
 # --- Loading and caching ----------------------------------------------------------------------
 
 
-def loaded_tokenizer(kind: str, path: str) -> Tokenizer:
-    """Returns the tokenizer stored at ``path``: ``kind`` 'sentencepiece' or 'hf_json'."""
+def loaded_tokenizer(kind: str, path: str, do_lower_case: bool = True) -> Tokenizer:
+    """Returns the tokenizer stored at ``path``: ``kind`` 'sentencepiece', 'hf_json' or
+    'wordpiece' (a BERT ``vocab.txt``; ``do_lower_case`` for uncased vocabularies)."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"tokenizer.path={path!r} does not exist. Point it at a SentencePiece '.model' or a "
-            "tokenizer.json, or set tokenizer.path='' to train one from the corpus."
+            f"tokenizer.path={path!r} does not exist. Point it at a SentencePiece '.model', a "
+            "tokenizer.json or a BERT vocab.txt, or set tokenizer.path='' to train one from the "
+            "corpus."
         )
     if kind == "sentencepiece":
         return SentencePieceTokenizer.from_file(path)
     if kind == "hf_json":
         return HuggingFaceTokenizer(path)
-    raise ValueError(f"tokenizer.kind={kind!r}: use 'sentencepiece' or 'hf_json'.")
+    if kind == "wordpiece":
+        from lmjax.data.encoder_vocab import WordPieceTokenizer  # it builds on this module
+
+        return WordPieceTokenizer(path, do_lower_case=do_lower_case)
+    raise ValueError(f"tokenizer.kind={kind!r}: use 'sentencepiece', 'hf_json' or 'wordpiece'.")
 
 
 def _written_atomically(path: str, data: bytes) -> None:
@@ -434,8 +491,9 @@ def _written_atomically(path: str, data: bytes) -> None:
 def load_or_train_tokenizer(tok_cfg: Any, texts: Iterable[str], workdir: str) -> Tokenizer:
     """Returns the experiment's tokenizer: loaded from ``tok_cfg.path``, or trained once and cached.
 
-    With ``tok_cfg.path`` set, the file is loaded (``tok_cfg.kind`` 'sentencepiece' or 'hf_json')
-    and ``texts`` is not read. With ``path == ''`` a SentencePiece model is trained on ``texts``
+    With ``tok_cfg.path`` set, the file is loaded (``tok_cfg.kind`` 'sentencepiece', 'hf_json' or
+    'wordpiece' with optional ``tok_cfg.do_lower_case``, default True) and ``texts`` is not read.
+    With ``path == ''`` a SentencePiece model is trained on ``texts``
     into ``<workdir>/tokenizer/sentencepiece.model`` with its options beside it; later calls (a
     resumed run, other processes) load that file and do not read ``texts``. Processes sharing the
     workdir on one machine take a file lock: the first trains, the others wait and load.
@@ -454,7 +512,7 @@ def load_or_train_tokenizer(tok_cfg: Any, texts: Iterable[str], workdir: str) ->
     kind = config_value(tok_cfg, "kind", "sentencepiece")
     path = config_value(tok_cfg, "path", "")
     if path:
-        return loaded_tokenizer(kind, path)
+        return loaded_tokenizer(kind, path, config_value(tok_cfg, "do_lower_case", True))
     if kind != "sentencepiece":
         raise ValueError(
             f"tokenizer.kind={kind!r} with an empty tokenizer.path: only 'sentencepiece' models "

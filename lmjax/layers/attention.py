@@ -7,7 +7,8 @@ M max cache length.
 (Vaswani et al., 2017, §3.2.2), scales logits by ``1/sqrt(D)`` (GPT-2 ``src/model.py``
 ``multihead_attn``: ``w * tf.rsqrt(d_head)``), masks with a boolean mask (True = attend, see
 :mod:`lmjax.layers.masks`), adds an optional additive bias (T5's relative position bias), applies
-softmax in float32, then dropout on the attention weights.
+softmax in float32, then dropout on the attention weights. With ``return_scores=True`` it also
+returns the pre-softmax scores (``attention_scores``), the per-layer outputs TinyBERT distils.
 
 KV cache (``decode=True``), flax's lm1b cache generalised to chunks:
 
@@ -96,6 +97,45 @@ def dot_product_attention(
     return out, weights
 
 
+def attention_scores(
+    query: jax.Array,
+    key: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """The pre-softmax attention scores ``scale * q.k + bias``, before any mask.
+
+    These are the logits ``dot_product_attention`` masks and normalises (same einsum, scale and
+    bias); TinyBERT (Jiao et al., 2020, §3.1, ``TinyBERT/transformer/modeling.py``
+    ``BertSelfAttention`` returning ``attention_scores``) distils them. Masking is left to the
+    caller: TinyBERT's reference adds -10000 at padded keys and its loss zeroes every entry
+    <= -100, which equals zeroing the padded-key entries of these unmasked scores.
+
+    Args:
+      query: [B, Lq, H, D].
+      key: [B, Lk, H, D].
+      bias: float, broadcastable to [B, H, Lq, Lk], or None.
+      scale: multiplies the logits (default ``1/sqrt(D)``).
+      dtype: the dtype of the q.k product's inputs (accumulated in float32).
+
+    Returns:
+      float32 [B, H, Lq, Lk].
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = jnp.einsum(
+        "bqhd,bkhd->bhqk",
+        jnp.asarray(query, dtype),
+        jnp.asarray(key, dtype),
+        preferred_element_type=jnp.float32,
+    )  # [B, H, Lq, Lk]
+    scores = scores * jnp.float32(scale)
+    if bias is not None:
+        scores = scores + jnp.asarray(bias, jnp.float32)
+    return scores
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v kernels [E, H, D] and an out kernel [H, D, E].
 
@@ -111,6 +151,8 @@ class MultiHeadAttention(nn.Module):
       bias_init: initialiser of the biases.
       dtype: the compute dtype (also the KV cache's dtype).
       param_dtype: the storage dtype.
+      return_scores: also return the pre-softmax scores float32 [B, H, Lq, Lk] (unmasked; see
+        ``attention_scores``): ``__call__`` then returns ``(out, scores)``.
     """
 
     num_heads: int
@@ -124,6 +166,7 @@ class MultiHeadAttention(nn.Module):
     bias_init: Initializer = nn.initializers.zeros_init()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    return_scores: bool = False
 
     @nn.compact
     def __call__(
@@ -137,7 +180,7 @@ class MultiHeadAttention(nn.Module):
         segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> jax.Array:
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Attends from ``inputs_q`` to ``inputs_kv``.
 
         Args:
@@ -153,7 +196,8 @@ class MultiHeadAttention(nn.Module):
           decode: use and update the KV cache (self-attention only).
 
         Returns:
-          [B, Lq, out_features or E] in ``dtype``.
+          [B, Lq, out_features or E] in ``dtype``; with ``return_scores`` the pair
+          ``(out, scores float32 [B, H, Lq, Lk])``.
         """
         if decode and inputs_kv is not None:
             raise ValueError("decode=True caches self-attention only; pass inputs_kv=None.")
@@ -211,7 +255,12 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(out)  # [B, Lq, E]
-        return nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+        if self.return_scores:
+            # The same q.k product dot_product_attention takes (XLA merges the two under jit).
+            scores = attention_scores(query, key, bias, scale=self.logit_scale, dtype=self.dtype)
+            return out, scores
+        return out
 
     def _update_cache(
         self,

@@ -28,7 +28,13 @@ before it (pre) or after its residual sum (post).
     ``scan=True`` the repeats of each group are scanned with the parameters broadcast;
 (d) take a per-layer local-attention ``windows`` tuple (0 = dense), e.g. GPT-3's alternating
     dense / locally banded layers (Brown et al., 2020, §2.1); under scan the windows travel as a
-    scanned int32 array, so mixed patterns compile to one block.
+    scanned int32 array, so mixed patterns compile to one block;
+(e) return per-layer outputs (``per_layer_outputs=True``; off by default, no parameter changes):
+    the stack then returns ``(x, {'hidden_states': [N, B, L, E], 'attention_scores':
+    float32 [N, B, H, L, L]})``, layer ``i``'s output and its self-attention's pre-softmax,
+    unmasked scores (see ``lmjax.layers.attention.attention_scores``), stacked in layer order
+    (scan outputs under ``scan=True``). Distillation losses read them (TinyBERT, Jiao et al.,
+    2020, §3.1; DistilBERT's hidden-state cosine, Sanh et al., 2019, §3).
 """
 
 from __future__ import annotations
@@ -118,10 +124,14 @@ class TransformerBlock(nn.Module):
     Attributes:
       config: the block's hyper-parameters.
       returns_carry: return ``(x, None)`` instead of ``x`` (the form ``nn.scan`` needs).
+      per_layer_outputs: also return ``{'hidden_states': x, 'attention_scores': [B, H, L, L]}``
+        (the self-attention's pre-softmax scores): ``(x, outputs)`` in place of ``x`` and of
+        ``(x, None)``.
     """
 
     config: BlockConfig
     returns_carry: bool = False
+    per_layer_outputs: bool = False
 
     @nn.compact
     def __call__(
@@ -150,13 +160,14 @@ class TransformerBlock(nn.Module):
           decode: use the KV cache.
 
         Returns:
-          [B, L, E] (or ``(x, None)`` when ``returns_carry``).
+          [B, L, E] (or ``(x, None)`` when ``returns_carry``; ``(x, outputs)`` when
+          ``per_layer_outputs``).
         """
         cfg = self.config
         norm = lambda name: make_norm(  # noqa: E731
             cfg.norm_kind, cfg.norm_eps, cfg.dtype, cfg.param_dtype, name
         )
-        attention = lambda name: MultiHeadAttention(  # noqa: E731
+        attention = lambda name, **extra: MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
             use_bias=cfg.use_bias,
@@ -168,6 +179,7 @@ class TransformerBlock(nn.Module):
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
             name=name,
+            **extra,
         )
         dropout = lambda h: nn.Dropout(cfg.residual_dropout)(  # noqa: E731
             h, deterministic=deterministic
@@ -179,11 +191,11 @@ class TransformerBlock(nn.Module):
                 return x + dropout(fn(norm(norm_name)(x)))
             return norm(norm_name)(x + dropout(fn(x)))
 
-        x = nn.with_logical_constraint(jnp.asarray(x, cfg.dtype), _ACTIVATION_AXES)
-        x = sublayer(
-            x,
-            "attention_norm",
-            lambda h: attention("attention")(
+        scores = []  # the self-attention's pre-softmax scores, when per_layer_outputs
+
+        def self_attention(h):
+            extra = dict(return_scores=True) if self.per_layer_outputs else {}
+            out = attention("attention", **extra)(
                 h,
                 mask=mask,
                 bias=bias,
@@ -191,8 +203,14 @@ class TransformerBlock(nn.Module):
                 segment_ids=segment_ids,
                 deterministic=deterministic,
                 decode=decode,
-            ),
-        )
+            )
+            if self.per_layer_outputs:
+                out, layer_scores = out  # [B, L, E], float32 [B, H, L, L]
+                scores.append(layer_scores)
+            return out
+
+        x = nn.with_logical_constraint(jnp.asarray(x, cfg.dtype), _ACTIVATION_AXES)
+        x = sublayer(x, "attention_norm", self_attention)
         if cfg.cross_attention:
             if encoded is None:
                 raise ValueError("This block has cross_attention=True; pass `encoded`.")
@@ -217,6 +235,8 @@ class TransformerBlock(nn.Module):
         )
         x = sublayer(x, "mlp_norm", lambda h: mlp(h, deterministic=deterministic))
         x = nn.with_logical_constraint(x, _ACTIVATION_AXES)
+        if self.per_layer_outputs:
+            return x, {"hidden_states": x, "attention_scores": scores[0]}
         return (x, None) if self.returns_carry else x
 
 
@@ -240,6 +260,8 @@ class TransformerStack(nn.Module):
       scan: scan over layers with ``nn.scan``.
       remat: a key of ``REMAT_POLICIES``.
       windows: per-layer local window (0 = dense), length N; None = all dense.
+      per_layer_outputs: return ``(x, {'hidden_states' [N, B, L, E], 'attention_scores'
+        float32 [N, B, H, L, L]})`` instead of ``x`` (see the module docstring, (e)).
     """
 
     config: BlockConfig
@@ -248,6 +270,7 @@ class TransformerStack(nn.Module):
     scan: bool = False
     remat: str = "none"
     windows: tuple[int, ...] | None = None
+    per_layer_outputs: bool = False
 
     def _check(self) -> None:
         if self.remat not in REMAT_POLICIES:
@@ -284,11 +307,12 @@ class TransformerStack(nn.Module):
         encoder_mask: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> jax.Array:
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Applies the stack to ``x`` [B, L, E]; the arguments are those of ``TransformerBlock``.
 
         Returns:
-          [B, L, E].
+          [B, L, E]; with ``per_layer_outputs`` the pair ``(x, outputs)``, ``outputs`` holding
+          ``'hidden_states'`` [N, B, L, E] and ``'attention_scores'`` float32 [N, B, H, L, L].
         """
         self._check()
         windows = self.windows or (0,) * self.num_layers
@@ -301,6 +325,8 @@ class TransformerStack(nn.Module):
         block_class = self._block_class()
         args = (mask, bias)
         rest = (segment_ids, encoded, encoder_mask, deterministic, decode)
+        if self.per_layer_outputs:
+            return self._with_per_layer_outputs(block_class, x, windows, args, rest, sharing)
         if not sharing and not self.scan:
             for i in range(self.num_layers):
                 x = block_class(self.config, name=f"layers_{i}")(x, *args, windows[i], *rest)
@@ -324,6 +350,46 @@ class TransformerStack(nn.Module):
                 for window in group_windows:
                     x = block(x, *args, window, *rest)
         return x
+
+    def _with_per_layer_outputs(
+        self,
+        block_class: type[TransformerBlock],
+        x: jax.Array,
+        windows: tuple[int, ...],
+        args: tuple[Any, ...],
+        rest: tuple[Any, ...],
+        sharing: bool,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The ``per_layer_outputs`` path of ``__call__``: same blocks and parameter names, each
+        also returning its output and attention scores, stacked [N, ...] in layer order."""
+        if self.scan:
+            if not sharing:
+                return self._scan(block_class, x, windows, args, rest, "layers", share=False)
+            pieces = []  # per group [N_g, ...]; groups are contiguous runs of layers
+            for g in range(self.num_groups):
+                group_windows = tuple(
+                    windows[i]
+                    for i in range(self.num_layers)
+                    if group_of_layer(i, self.num_layers, self.num_groups) == g
+                )
+                x, outputs = self._scan(
+                    block_class, x, group_windows, args, rest, f"layers_{g}", share=True
+                )
+                pieces.append(outputs)
+            return x, jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *pieces)
+        per_layer = []
+        blocks: dict[str, TransformerBlock] = {}
+        for i in range(self.num_layers):
+            name = (
+                f"layers_{group_of_layer(i, self.num_layers, self.num_groups)}"
+                if sharing
+                else f"layers_{i}"
+            )
+            if name not in blocks:
+                blocks[name] = block_class(self.config, per_layer_outputs=True, name=name)
+            x, outputs = blocks[name](x, *args, windows[i], *rest)
+            per_layer.append(outputs)
+        return x, jax.tree_util.tree_map(lambda *p: jnp.stack(p), *per_layer)
 
     def _scan(
         self,
@@ -358,6 +424,11 @@ class TransformerStack(nn.Module):
                 metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
         scanned = nn.scan(block_class, in_axes=in_axes, length=len(windows), **scan_kwargs)
+        if self.per_layer_outputs:
+            # The blocks' (x, outputs) pairs are (carry, scan output): outputs stack to [N, ...].
+            return scanned(self.config, per_layer_outputs=True, name=name)(
+                x, *args, window_arg, *rest
+            )
         x, _ = scanned(self.config, returns_carry=True, name=name)(x, *args, window_arg, *rest)
         return x
 

@@ -30,6 +30,11 @@ import ml_collections
 FAMILIES: dict[str, str] = {
     "gpt": "lmjax.models.gpt",
     "bert": "lmjax.models.bert",
+    "albert": "lmjax.models.albert",
+    "electra": "lmjax.models.electra",
+    "distilbert": "lmjax.models.distilbert",
+    "tinybert": "lmjax.models.tinybert",
+    "teacher_student": "lmjax.models.teacher_student",
 }
 
 

@@ -13,9 +13,9 @@ The train step does, in effect::
     outputs = model.apply({'params': p}, **{k: batch[k] for k in objective.model_inputs}, ...)
     loss, metrics = objective.loss(outputs, batch)
 
-Objectives are looked up by name with ``get``; a new one is one entry in ``OBJECTIVES`` (``name``
--> a zero-argument factory that imports its module lazily and returns the ``Objective``) or a
-``register`` call.
+Objectives are built by name with ``get(name, **options)``, the options being the rest of the
+experiment's ``objective`` section; a new one is one entry in ``OBJECTIVES`` (``name`` -> a
+factory that imports its module lazily and returns the ``Objective``) or a ``register`` call.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ class Objective:
     model_inputs: tuple[str, ...]
 
 
-def _causal_lm() -> Objective:
+def _causal_lm(**options: Any) -> Objective:
     from lmjax.objectives import causal_lm
 
+    if options:
+        raise ValueError(f"objective 'causal_lm' takes no options, got {sorted(options)}.")
     return Objective(
         name="causal_lm",
         corrupt=causal_lm.identity_corruption,
@@ -55,43 +57,86 @@ def _causal_lm() -> Objective:
     )
 
 
-def _mlm() -> Objective:
-    from lmjax.objectives import mlm
+def _mlm_family(name: str, sentence_task: str | None) -> Callable[..., Objective]:
+    def factory(**options: Any) -> Objective:
+        from lmjax.objectives import mlm
 
-    # BERT's masking (fixed 15% budget, 80/10/10) on the BERT uncased vocabulary ids.
-    return mlm.mlm_objective("mlm", nsp=False)
+        return mlm.mlm_objective(name, sentence_task=sentence_task, **options)
 
-
-def _mlm_nsp() -> Objective:
-    from lmjax.objectives import mlm
-
-    return mlm.mlm_objective("mlm_nsp", nsp=True)
+    return factory
 
 
-# name -> a zero-argument factory returning the Objective (imports stay lazy).
-OBJECTIVES: dict[str, Callable[[], Objective]] = {
+def _electra(**options: Any) -> Objective:
+    from lmjax.objectives import replaced_token_detection
+
+    return replaced_token_detection.electra_objective(**options)
+
+
+def _distillation(kind: str) -> Callable[..., Objective]:
+    def factory(**options: Any) -> Objective:
+        from lmjax.objectives import distillation, mlm
+
+        masking = {k: v for k, v in options.items() if k in mlm.MASKING_OPTIONS}
+        loss_options = {k: v for k, v in options.items() if k not in mlm.MASKING_OPTIONS}
+        return distillation.distillation_objective(kind, loss_options=loss_options, **masking)
+
+    return factory
+
+
+# name -> a factory taking the objective's options as keywords (imports stay lazy). Without
+# options the MLM family masks the BERT uncased vocabulary (mask 103, 30522 ids).
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "causal_lm": _causal_lm,
-    "mlm": _mlm,
-    "mlm_nsp": _mlm_nsp,
+    "mlm": _mlm_family("mlm", None),
+    "mlm_nsp": _mlm_family("mlm_nsp", "nsp"),
+    "mlm_sop": _mlm_family("mlm_sop", "sop"),
+    "electra": _electra,
+    "distilbert": _distillation("distilbert"),
+    "tinybert_intermediate": _distillation("tinybert_intermediate"),
+    "tinybert_prediction": _distillation("tinybert_prediction"),
+}
+# Objectives that mask tokens -> the vocabulary options their factory takes; the train loop fills
+# them from the tokenizer (``mask_id``, ``vocab_size``, ``special_ids``) unless the experiment
+# sets them. ELECTRA's masking never draws random tokens, so it takes no ``vocab_size``.
+_BERT_VOCABULARY = ("mask_id", "vocab_size", "special_ids")
+VOCABULARY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlm": _BERT_VOCABULARY,
+    "mlm_nsp": _BERT_VOCABULARY,
+    "mlm_sop": _BERT_VOCABULARY,
+    "electra": ("mask_id", "special_ids"),
+    "distilbert": _BERT_VOCABULARY,
 }
 
 
-def register(name: str, factory: Callable[[], Objective]) -> None:
-    """Adds an objective under ``name``; ``factory()`` must return an ``Objective``."""
+def register(
+    name: str, factory: Callable[..., Objective], *, vocabulary_options: tuple[str, ...] = ()
+) -> None:
+    """Adds an objective; ``factory(**options)`` must return an ``Objective`` named ``name``.
+
+    ``vocabulary_options``: which of ``mask_id``, ``vocab_size`` and ``special_ids`` the factory
+    takes; the train loop fills them from the tokenizer.
+    """
     if name in OBJECTIVES:
         raise ValueError(f"An objective named {name!r} is already registered.")
     OBJECTIVES[name] = factory
+    if vocabulary_options:
+        VOCABULARY_OPTIONS[name] = tuple(vocabulary_options)
 
 
-def get(name: str) -> Objective:
-    """The objective registered under ``name``.
+def get(name: str, **options: Any) -> Objective:
+    """The objective registered under ``name``, built with ``options`` (the experiment's
+    ``objective`` section without ``name``).
 
     Raises:
-      ValueError: naming the unknown objective and listing the known ones.
+      ValueError: naming the unknown objective and listing the known ones, or an option the
+        objective does not take.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"Unknown objective {name!r}; known objectives: {sorted(OBJECTIVES)}.")
-    objective = OBJECTIVES[name]()
+    try:
+        objective = OBJECTIVES[name](**options)
+    except TypeError as error:  # an option the factory's signature does not name
+        raise ValueError(f"objective {name!r}: {error}; check the objective section.") from None
     if objective.name != name:
         raise ValueError(f"Objective factory for {name!r} returned one named {objective.name!r}.")
     return objective

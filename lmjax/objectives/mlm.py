@@ -27,6 +27,7 @@ Defaults are the BERT uncased WordPiece vocabulary: [PAD] 0, [CLS] 101, [SEP] 10
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -278,6 +279,26 @@ def mlm_loss(
     return weighted_token_loss(logits, targets, weights)
 
 
+def _mlm_plus_sentence_loss(
+    outputs: dict[str, jax.Array], batch: dict[str, jax.Array], task: str
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MLM loss + the sentence-level cross-entropy of ``task`` ('nsp' or 'sop')."""
+    mlm, metrics = mlm_loss(outputs, batch)
+    sentence_logits = jnp.asarray(outputs[f"{task}_logits"], jnp.float32)  # [B, 2]
+    labels = batch[f"{task}_labels"]  # [B]
+    if sentence_logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"{task}_logits {sentence_logits.shape} and {task}_labels {labels.shape} disagree."
+        )
+    sentence = jnp.mean(token_cross_entropy(sentence_logits, labels))
+    hits = jnp.asarray(jnp.argmax(sentence_logits, -1) == labels, jnp.float32)
+    loss = mlm + sentence
+    metrics = dict(metrics, loss=loss, mlm_loss=mlm)
+    metrics[f"{task}_loss"] = sentence
+    metrics[f"{task}_accuracy"] = jnp.mean(hits)
+    return loss, metrics
+
+
 def mlm_nsp_loss(
     outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -285,36 +306,59 @@ def mlm_nsp_loss(
 
     Args:
       outputs: ``'logits'`` [B, L, V] and ``'nsp_logits'`` [B, 2].
-      batch: as ``mlm_loss`` plus ``'nsp_labels'`` int [B] (BERT: 0 = B follows A, 1 = random B;
-        ALBERT's sentence-order labels use the same slot).
+      batch: as ``mlm_loss`` plus ``'nsp_labels'`` int [B] (0 = B follows A, 1 = random B).
 
     Returns:
       ``(loss, metrics)`` with ``loss = mlm + nsp``; metrics ``loss``, ``accuracy`` and
       ``num_tokens`` (of the MLM part), ``mlm_loss``, ``nsp_loss``, ``nsp_accuracy``.
     """
-    mlm, metrics = mlm_loss(outputs, batch)
-    nsp_logits = jnp.asarray(outputs["nsp_logits"], jnp.float32)  # [B, 2]
-    labels = batch["nsp_labels"]
-    if nsp_logits.shape[:-1] != labels.shape:
-        raise ValueError(f"nsp_logits {nsp_logits.shape} and nsp_labels {labels.shape} disagree.")
-    nsp_nll = token_cross_entropy(nsp_logits, labels)  # [B]
-    nsp = jnp.mean(nsp_nll)
-    nsp_accuracy = jnp.mean(jnp.asarray(jnp.argmax(nsp_logits, -1) == labels, jnp.float32))
-    loss = mlm + nsp
-    metrics = dict(
-        metrics, loss=loss, mlm_loss=mlm, nsp_loss=nsp, nsp_accuracy=nsp_accuracy
-    )
-    return loss, metrics
+    return _mlm_plus_sentence_loss(outputs, batch, "nsp")
 
 
-def mlm_objective(name: str = "mlm", *, nsp: bool = False, **masking_kwargs: Any):
-    """An ``Objective`` for MLM (``nsp=False``) or MLM + NSP with ``mlm_corruption`` configured by
-    ``masking_kwargs`` (vocabulary ids, selection, whole words, ...).
+def mlm_sop_loss(
+    outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """ALBERT's pre-training loss: MLM loss + sentence-order cross-entropy (Lan et al. 2019 §3.1).
 
-    Register one for another vocabulary with
-    ``objectives.register(name, lambda: mlm.mlm_objective(name, mask_id=..., ...))``.
+    As ``mlm_nsp_loss`` with ``'sop_logits'`` / ``'sop_labels'`` (0 = in order, 1 = swapped);
+    metrics ``sop_loss`` and ``sop_accuracy``.
+    """
+    return _mlm_plus_sentence_loss(outputs, batch, "sop")
+
+
+SENTENCE_TASKS = {None: mlm_loss, "nsp": mlm_nsp_loss, "sop": mlm_sop_loss}
+MASKING_OPTIONS = tuple(
+    name for name in inspect.signature(mlm_corruption).parameters if name not in ("key", "batch")
+)
+
+
+def check_masking_options(objective_name: str, options: dict[str, Any]) -> None:
+    """Raises a ValueError naming any option ``mlm_corruption`` does not take."""
+    unknown = sorted(set(options) - set(MASKING_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"objective {objective_name!r} has no option(s) {unknown}; its masking options are "
+            f"{', '.join(MASKING_OPTIONS)}."
+        )
+
+
+def mlm_objective(name: str = "mlm", *, sentence_task: str | None = None, **masking_kwargs: Any):
+    """An ``Objective``: ``mlm_corruption`` configured by ``masking_kwargs`` (vocabulary ids,
+    selection, whole words, n-grams, ...) and the MLM loss, plus NSP (``sentence_task='nsp'``,
+    BERT) or SOP (``'sop'``, ALBERT) when asked.
+
+    ``lmjax.objectives.get('mlm', mask_id=..., vocab_size=..., special_ids=...)`` builds one; the
+    train loop fills the vocabulary ids from the tokenizer.
     """
     from lmjax.objectives import Objective
+
+    if sentence_task not in SENTENCE_TASKS:
+        raise ValueError(
+            f"sentence_task={sentence_task!r}: use None, 'nsp' (BERT) or 'sop' (ALBERT)."
+        )
+    check_masking_options(name, masking_kwargs)
+    if "special_ids" in masking_kwargs:
+        masking_kwargs["special_ids"] = tuple(int(i) for i in masking_kwargs["special_ids"])
 
     def corrupt(key: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
         return mlm_corruption(key, batch, **masking_kwargs)
@@ -322,6 +366,6 @@ def mlm_objective(name: str = "mlm", *, nsp: bool = False, **masking_kwargs: Any
     return Objective(
         name=name,
         corrupt=corrupt,
-        loss=mlm_nsp_loss if nsp else mlm_loss,
+        loss=SENTENCE_TASKS[sentence_task],
         model_inputs=MODEL_INPUTS,
     )

@@ -9,6 +9,10 @@ logits at the predicted positions are sampled with the Gumbel-max trick inside `
 (no gradient flows from the discriminator into the generator), the samples are written into the
 masked input at every predicted position (also the 15% left unmasked), and a position is labelled
 replaced only where the sample differs from the original: a correctly sampled token is "original".
+
+``electra_loss`` is the pre-training loss of ``lmjax.models.electra.ElectraPretraining`` (which
+samples inside the model with the ``'sample'`` rng) and ``electra_objective`` the ``Objective``
+that pairs it with ``mlm.electra_masking``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from lmjax.objectives.mlm import electra_masking, mlm_loss
 
 
 def gumbel_sample(
@@ -120,3 +126,92 @@ def discriminator_loss(
     hits = jnp.asarray((logits > 0) == (labels_f > 0.5), jnp.float32)
     accuracy = jnp.sum(hits * weights) / denominator
     return loss, {"loss": loss, "accuracy": accuracy, "num_tokens": num_tokens}
+
+
+# The batch keys ElectraPretraining reads: the masked inputs and where samples go.
+MODEL_INPUTS = ("inputs", "token_type_ids", "attention_mask", "mlm_weights")
+
+
+def electra_loss(
+    outputs: dict[str, jax.Array],
+    batch: dict[str, jax.Array],
+    *,
+    discriminator_weight: float = 50.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """ELECTRA's pre-training loss: generator MLM + ``discriminator_weight`` × discriminator loss.
+
+    ``run_pretraining.py``: ``total_loss = gen_weight (1.0) * mlm_loss + disc_weight (50.0) *
+    disc_loss``. The MLM loss is ``mlm.mlm_loss`` over ``mlm_weights``; the discriminator loss is
+    the mean sigmoid cross-entropy over real tokens (``attention_mask``; [CLS]/[SEP] included),
+    labelled 1 where ``discriminator_inputs`` differs from ``mlm_targets`` at a predicted position
+    (a correctly sampled token counts as original).
+
+    Args:
+      outputs: ``'generator_logits'`` [B, L, V], ``'discriminator_logits'`` [B, L] and
+        ``'discriminator_inputs'`` int [B, L] (``ElectraPretraining``'s outputs).
+      batch: ``'mlm_targets'`` int [B, L], ``'mlm_weights'`` [B, L], optional
+        ``'attention_mask'`` [B, L] (none = every token real).
+      discriminator_weight: λ of the paper (50).
+
+    Returns:
+      ``(loss, metrics)``, float32 scalars: ``loss``; ``accuracy`` (the discriminator's, over real
+      tokens); ``num_tokens`` (real tokens); ``generator_loss`` / ``generator_accuracy`` (over
+      predicted positions); ``discriminator_loss`` / ``discriminator_accuracy``;
+      ``replaced_fraction`` (share of real tokens that are replaced: always answering "original"
+      scores ``1 - replaced_fraction``); ``replaced_recall`` (accuracy on replaced tokens; that
+      baseline scores 0).
+    """
+    generator_loss, generator_metrics = mlm_loss({"logits": outputs["generator_logits"]}, batch)
+    targets = batch["mlm_targets"]
+    disc_inputs = outputs["discriminator_inputs"]
+    if disc_inputs.shape != targets.shape:
+        raise ValueError(
+            f"discriminator_inputs {disc_inputs.shape} and mlm_targets {targets.shape} disagree."
+        )
+    labels = is_replaced_labels(targets, disc_inputs, batch["mlm_weights"])  # int32 [B, L]
+    attention_mask = batch.get("attention_mask")
+    disc_loss, disc_metrics = discriminator_loss(
+        outputs["discriminator_logits"], labels, attention_mask
+    )
+    real = (
+        jnp.ones(labels.shape, jnp.float32)
+        if attention_mask is None
+        else jnp.asarray(attention_mask != 0, jnp.float32)
+    )  # [B, L]
+    replaced = jnp.asarray(labels, jnp.float32) * real  # [B, L]
+    tiny = jnp.finfo(jnp.float32).tiny
+    num_replaced = jnp.sum(replaced)
+    predicted_replaced = jnp.asarray(outputs["discriminator_logits"] > 0, jnp.float32)
+    replaced_recall = jnp.sum(predicted_replaced * replaced) / jnp.maximum(num_replaced, tiny)
+    loss = generator_loss + discriminator_weight * disc_loss
+    metrics = {
+        "loss": loss,
+        "accuracy": disc_metrics["accuracy"],
+        "num_tokens": disc_metrics["num_tokens"],
+        "generator_loss": generator_loss,
+        "generator_accuracy": generator_metrics["accuracy"],
+        "discriminator_loss": disc_loss,
+        "discriminator_accuracy": disc_metrics["accuracy"],
+        "replaced_fraction": num_replaced / jnp.maximum(disc_metrics["num_tokens"], tiny),
+        "replaced_recall": replaced_recall,
+    }
+    return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def electra_objective(*, discriminator_weight: float = 50.0, **masking_kwargs: Any):
+    """The ELECTRA ``Objective``: ``mlm.electra_masking`` (``masking_kwargs``: ``mask_id``,
+    ``special_ids``, ``rate``, ``max_predictions``, ``mask_prob``, ``with_replacement``) and
+    ``electra_loss``; the model reads ``MODEL_INPUTS`` and samples with the ``'sample'`` rng.
+
+    Register one for a vocabulary with
+    ``objectives.register('electra', lambda: electra_objective(mask_id=..., special_ids=...))``.
+    """
+    from lmjax.objectives import Objective
+
+    def corrupt(key: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+        return electra_masking(key, batch, **masking_kwargs)
+
+    def loss(outputs, batch):
+        return electra_loss(outputs, batch, discriminator_weight=discriminator_weight)
+
+    return Objective(name="electra", corrupt=corrupt, loss=loss, model_inputs=MODEL_INPUTS)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ from lmjax.train.logging import UNIGRAM_KEY, MetricsLogger
 from lmjax.train.optimizers import make_optimizer, make_schedule
 from lmjax.train.plot import plot_metrics
 from lmjax.train.state import TrainState, abstract_train_state, init_state, parameter_count
-from lmjax.train.trained_run import CONFIG_FILE
+from lmjax.train.trained_run import CONFIG_FILE, TOKENIZER_DIR, load_trained_run
 
 SAMPLES_FILE = "samples.txt"
 # Tokens used to fit the unigram baseline (a few hundred thousand is plenty for its 4 digits).
@@ -94,6 +95,10 @@ def build_tokenizer(config: Any, workdir: str) -> data.Tokenizer:
     The other processes wait at a barrier and then load the file process 0 wrote.
     """
 
+    teacher_workdir = config.get("distillation", {}).get("teacher_workdir", "")
+    if teacher_workdir and not config.tokenizer.path and distributed.is_main_process():
+        copy_teacher_tokenizer(teacher_workdir, workdir)  # a student reads its teacher's tokens
+
     def load_or_train() -> data.Tokenizer:
         documents = (
             ()
@@ -105,6 +110,22 @@ def build_tokenizer(config: Any, workdir: str) -> data.Tokenizer:
     tokenizer = load_or_train() if distributed.is_main_process() else None
     distributed.barrier("lmjax_tokenizer_ready")
     return tokenizer if tokenizer is not None else load_or_train()
+
+
+def copy_teacher_tokenizer(teacher_workdir: str, workdir: str) -> None:
+    """Copies the tokenizer a teacher run trained into ``workdir`` (once), so the student uses
+    the teacher's vocabulary and its own workdir stays self-contained."""
+    source = os.path.join(os.path.abspath(teacher_workdir), TOKENIZER_DIR)
+    target = os.path.join(workdir, TOKENIZER_DIR)
+    if os.path.isdir(target):
+        return
+    if not os.path.isdir(source):
+        raise FileNotFoundError(
+            f"the teacher run {teacher_workdir} has no trained tokenizer ({source} is missing); "
+            "point distillation.teacher_workdir at a workdir written by `lmjax train`, or set "
+            "tokenizer.path to the teacher's tokenizer file."
+        )
+    shutil.copytree(source, target)
 
 
 def check_vocab_fits(tokenizer_vocab_size: int, model_cfg: Any) -> None:
@@ -144,13 +165,40 @@ def check_token_ids(host_batch: dict[str, np.ndarray], vocab_size: int) -> None:
             )
 
 
+def build_objective(config: Any, tokenizer: data.Tokenizer) -> objectives.Objective:
+    """Returns the experiment's objective, built from its ``objective`` section.
+
+    Objectives that mask tokens get the tokenizer's ``mask_id``, ``vocab_size`` and
+    ``special_ids`` (its [CLS] / [SEP] / [MASK] / [PAD] pieces; see
+    ``objectives.VOCABULARY_OPTIONS``) unless the section sets them.
+    """
+    options = config.objective.to_dict()
+    name = options.pop("name")
+    wanted = objectives.VOCABULARY_OPTIONS.get(name, ())
+    if wanted:
+        special = data.encoder_special_ids(tokenizer)
+        vocabulary = dict(
+            mask_id=special.mask_id,
+            vocab_size=tokenizer.vocab_size,
+            special_ids=special.special_ids,
+        )
+        for option in wanted:
+            options.setdefault(option, vocabulary[option])
+    return objectives.get(name, **options)
+
+
 def build_model_and_optimizer(config: Any, tokenizer: data.Tokenizer) -> tuple[Any, Any, Any, Any]:
-    """Returns ``(model, objective, tx, schedule)``, after checking the vocabulary fits."""
+    """Returns ``(model, objective, tx, schedule)``, after checking the vocabulary fits.
+
+    A family may name top-level parameters its optimizer never updates (``FROZEN_PARAMS``, e.g.
+    the teacher of ``teacher_student``).
+    """
     check_vocab_fits(tokenizer.vocab_size, config.model)
     model = models.build(config.model)
-    objective = objectives.get(config.objective.name)
+    objective = build_objective(config, tokenizer)
+    frozen = getattr(models.family_module(config.model.family), "FROZEN_PARAMS", ())
     schedule = make_schedule(config.optimizer, config.train.steps)
-    tx = make_optimizer(config.optimizer, config.train.steps)
+    tx = make_optimizer(config.optimizer, config.train.steps, frozen=frozen)
     return model, objective, tx, schedule
 
 
@@ -202,10 +250,73 @@ def init_or_restore_state(
     abstract_state, shardings = abstract_train_state(model, tx, init_inputs, mesh, rules)
     if checkpointer.latest_step() is None:
         state, shardings = init_state(model, tx, init_inputs, mesh, rules, keys.params, shardings)
+        if "distillation" in config:
+            state = distillation_start(config, state, tx, shardings, mesh)
         return state, shardings, keys
     state, extra = checkpointer.restore(abstract_state)
     train_batches.restore(extra["data"])
     return state, shardings, keys.with_step_key_data(extra["step_key"])
+
+
+def distillation_start(
+    config: Any, state: TrainState, tx: Any, shardings: TrainState, mesh: jax.sharding.Mesh
+) -> TrainState:
+    """Returns the fresh state of a teacher -> student run: the teacher's trained parameters
+    loaded from ``distillation.teacher_workdir``, the student initialised from them when
+    ``distillation.student_init == 'teacher_layers'`` (DistilBERT), the optimizer state re-made.
+    """
+    from lmjax.models import teacher_student
+
+    teacher = teacher_run(config)
+    params = dict(jax.device_get(state.params))
+    params["teacher"] = jax.device_get(teacher.params)
+    if config.distillation.student_init == "teacher_layers":
+        student = teacher_student.student_params_from_teacher(
+            models.make_config(config.model), params["teacher"]
+        )
+        if student is None:
+            raise ValueError(
+                "distillation.student_init='teacher_layers' but this student has no mapping from "
+                "teacher layers (TinyBERT students start from random weights); set "
+                "--config.distillation.student_init=random."
+            )
+        params["student"] = student
+    elif config.distillation.student_init != "random":
+        raise ValueError(
+            f"distillation.student_init={config.distillation.student_init!r}: use "
+            "'teacher_layers' or 'random'."
+        )
+    params = jax.device_put(params, shardings.params)
+    with jax.set_mesh(mesh):
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def teacher_run(config: Any) -> Any:
+    """Returns the trained teacher run named by ``distillation.teacher_workdir``, checked
+    against the experiment's ``model.teacher``."""
+    workdir = config.distillation.teacher_workdir
+    if not workdir:
+        raise ValueError(
+            "distillation.teacher_workdir is empty; train the teacher first and name its "
+            "workdir in the experiment argument, e.g. "
+            "--config experiments/encoders/distilbert.py:teacher=runs/<teacher>."
+        )
+    from lmjax.models import teacher_student
+
+    run = load_trained_run(workdir)
+    trained = dict(teacher_student.model_fields(run.config.model))
+    wanted = dict(models.make_config(config.model).teacher)
+    differing = sorted(k for k in set(trained) | set(wanted) if trained.get(k) != wanted.get(k))
+    if differing:
+        listed = ", ".join(f"{k}: run {trained.get(k)!r} vs config {wanted.get(k)!r}"
+                           for k in differing)
+        raise ValueError(
+            f"the teacher trained in {workdir} is not the experiment's model.teacher ({listed}); "
+            "build the experiment from the teacher run (e.g. distilbert.py:teacher=<workdir>) "
+            "so that model.teacher is the run's model section."
+        )
+    return run
 
 
 def checkpoint_extra(config: Any, keys: RunKeys, train_batches: data.LMBatches) -> dict[str, Any]:
@@ -393,10 +504,13 @@ def finish_run(
     """
     main = distributed.is_main_process()
     step = int(state.step)
-    baseline = unigram_baseline(config, tokenizer) if main else None
-    logger.log(step, dict(final_eval, **({UNIGRAM_KEY: baseline} if main else {})), split="eval")
+    causal = config.objective.name == "causal_lm"
+    baseline = unigram_baseline(config, tokenizer) if main and causal else None
+    extra = {UNIGRAM_KEY: baseline} if baseline is not None else {}
+    logger.log(step, dict(final_eval, **extra), split="eval")
     logger.flush()
-    params = _params_on_this_process(state.params) if config.generate.max_new_tokens > 0 else None
+    samples = causal and "generate" in config and config.generate.max_new_tokens > 0
+    params = _params_on_this_process(state.params) if samples else None
     samples_path = plot_path = None
     if main:
         if params is not None:
@@ -502,10 +616,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         if logger is not None:
             logger.close()
     if distributed.is_main_process():
+        baseline = summary["unigram_baseline_loss"]
+        compared = "" if baseline is None else f" (unigram baseline {baseline:.4f})"
+        samples = "" if summary["samples"] is None else f", samples {summary['samples']}"
         print(
-            f"step {summary['step']}: eval loss {summary['final_eval_loss']:.4f} "
-            f"(unigram baseline {summary['unigram_baseline_loss']:.4f}); checkpoints "
-            f"{summary['checkpoint_dir']}, plot {summary['plot']}, samples {summary['samples']}",
+            f"step {summary['step']}: eval loss {summary['final_eval_loss']:.4f}{compared}; "
+            f"checkpoints {summary['checkpoint_dir']}, plot {summary['plot']}{samples}",
             flush=True,
         )
     return summary

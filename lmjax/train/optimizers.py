@@ -17,7 +17,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -138,7 +138,23 @@ def weight_decay_mask(kind: str) -> Callable[[Any], Any] | None:
     return matrices_only
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+def frozen_labels(frozen: Sequence[str]) -> Callable[[Any], Any]:
+    """Returns an optax label function: ``'frozen'`` under the top-level params ``frozen``."""
+
+    def labels(params: Any) -> Any:
+        return {
+            name: jax.tree_util.tree_map(
+                lambda _, label="frozen" if name in frozen else "trained": label, subtree
+            )
+            for name, subtree in params.items()
+        }
+
+    return labels
+
+
+def make_optimizer(
+    opt_cfg: Any, total_steps: int, frozen: Sequence[str] = ()
+) -> optax.GradientTransformation:
     """Returns the optax optimizer the experiment's ``optimizer`` block describes.
 
     The chain is global-norm clipping (when ``clip_grad_norm > 0``) followed by the optimizer with
@@ -149,6 +165,9 @@ def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformati
     Args:
         opt_cfg: the experiment's ``optimizer`` block.
         total_steps: the number of training steps.
+        frozen: top-level parameter names that are never updated (a distillation teacher): their
+            updates are zero, they carry no optimizer state and no weight decay, and the gradient
+            clipping norm is taken over the trained parameters only.
 
     Raises:
         ValueError: on an unknown optimizer or mask name, or a negative clip / decay.
@@ -180,6 +199,9 @@ def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformati
         core = optax.adafactor(
             learning_rate=schedule, weight_decay_rate=decay_rate, weight_decay_mask=mask
         )
-    if clip > 0:
-        return optax.chain(optax.clip_by_global_norm(clip), core)
-    return core
+    trained = optax.chain(optax.clip_by_global_norm(clip), core) if clip > 0 else core
+    if not frozen:
+        return trained
+    return optax.multi_transform(
+        {"trained": trained, "frozen": optax.set_to_zero()}, frozen_labels(tuple(frozen))
+    )

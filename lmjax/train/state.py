@@ -45,7 +45,9 @@ class TrainState(struct.PyTreeNode):
 def _boxed_params(model: nn.Module, init_inputs: dict[str, Any], key: jax.Array) -> Any:
     """Returns the model's freshly initialised params, still wrapped in logical-axis boxes."""
     inputs = {name: jnp.zeros(x.shape, x.dtype) for name, x in init_inputs.items()}
-    variables = model.init({"params": key, "dropout": key}, **inputs, deterministic=True)
+    variables = model.init(
+        {"params": key, "dropout": key, "sample": key}, **inputs, deterministic=True
+    )
     return variables["params"]
 
 

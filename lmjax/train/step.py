@@ -45,19 +45,27 @@ def _model_outputs(
     params: Any,
     batch: Batch,
     deterministic: bool,
-    dropout_key: jax.Array | None,
+    key: jax.Array,
 ) -> Any:
-    """Returns the model's outputs for the batch keys the objective feeds it."""
+    """Returns the model's outputs for the batch keys the objective feeds it.
+
+    ``key`` feeds two rng streams: ``'dropout'`` (training only) and ``'sample'`` (randomness
+    that is part of the computation in training and evaluation alike, e.g. ELECTRA's generator
+    samples); models that use neither ignore them.
+    """
     inputs = {name: batch[name] for name in objective.model_inputs}
-    rngs = None if deterministic else {"dropout": dropout_key}
+    dropout_key, sample_key = jax.random.split(key)
+    rngs = {"sample": sample_key}
+    if not deterministic:
+        rngs["dropout"] = dropout_key
     return model.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
 
 
 def _token_weighted_loss(
-    params: Any, batch: Batch, dropout_key: jax.Array, *, model: nn.Module, objective: Any
+    params: Any, batch: Batch, model_key: jax.Array, *, model: nn.Module, objective: Any
 ) -> tuple[jax.Array, Metrics]:
     """Returns (mean loss x token count, metrics); summed over micro-batches it is a token sum."""
-    outputs = _model_outputs(model, objective, params, batch, False, dropout_key)
+    outputs = _model_outputs(model, objective, params, batch, False, model_key)
     loss, metrics = objective.loss(outputs, batch)
     num_tokens = jax.lax.stop_gradient(jnp.asarray(metrics[_COUNT_METRIC], jnp.float32))
     return loss.astype(jnp.float32) * num_tokens, metrics
@@ -136,7 +144,7 @@ def train_step(
         ``(new_state, metrics)`` with the objective's metrics averaged per token over the whole
         batch, ``num_tokens`` summed, plus ``learning_rate``, ``grad_norm`` and ``param_norm``.
     """
-    corrupt_key, dropout_key = jax.random.split(key)
+    corrupt_key, model_key = jax.random.split(key)
     batch = objective.corrupt(corrupt_key, batch)
     loss_and_grad = jax.value_and_grad(
         functools.partial(_token_weighted_loss, model=model, objective=objective), has_aux=True
@@ -144,7 +152,7 @@ def train_step(
 
     def micro_sums(params, micro_batch, index):
         (_, metrics), grads = loss_and_grad(
-            params, micro_batch, jax.random.fold_in(dropout_key, index)
+            params, micro_batch, jax.random.fold_in(model_key, index)
         )
         return grads, _weighted_metric_sums(metrics)
 
@@ -187,8 +195,9 @@ def eval_step(
     Sums (not means) so the mean over several batches is exact: add the sums of every batch and
     divide by the summed ``num_tokens`` (``eval_means``).
     """
-    batch = objective.corrupt(key, batch)
-    outputs = _model_outputs(model, objective, params, batch, True, None)
+    corrupt_key, model_key = jax.random.split(key)
+    batch = objective.corrupt(corrupt_key, batch)
+    outputs = _model_outputs(model, objective, params, batch, True, model_key)
     loss, metrics = objective.loss(outputs, batch)
     metrics = dict(metrics, loss=loss)
     return {

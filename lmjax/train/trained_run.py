@@ -110,7 +110,9 @@ def one_device_abstract_params(
     with nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(
             lambda key: model.init(
-                {"params": key, "dropout": key}, jnp.zeros((1, 1), jnp.int32), deterministic=True
+                {"params": key, "dropout": key, "sample": key},
+                jnp.zeros((1, 1), jnp.int32),
+                deterministic=True,
             )["params"],
             jax.random.key(0),
         )

@@ -27,6 +27,9 @@ class WordTokenizer(Tokenizer):
     def id_of(self, piece):
         return {"<pad>": PAD, "<unk>": UNK, "<s>": BOS, "</s>": EOS}[piece]
 
+    def id_to_piece(self, piece_id):
+        return {PAD: "<pad>", UNK: "<unk>", BOS: "<s>", EOS: "</s>"}.get(piece_id, str(piece_id))
+
     @property
     def vocab_size(self):
         return 1000
@@ -89,3 +92,16 @@ def small_sentencepiece(python_docs_train_texts):
 @pytest.fixture
 def small_options():
     return SMALL_OPTIONS
+
+
+ENCODER_OPTIONS = SentencePieceOptions(
+    vocab_size=600,
+    user_defined_symbols=("[CLS]", "[SEP]", "[MASK]"),
+    max_training_chars=300_000,
+)
+
+
+@pytest.fixture(scope="session")
+def encoder_sentencepiece(python_docs_train_texts):
+    """Like ``small_sentencepiece`` but with BERT's ``[CLS] [SEP] [MASK]`` pieces (~1 s)."""
+    return trained_sentencepiece_tokenizer(python_docs_train_texts, ENCODER_OPTIONS)
