@@ -250,6 +250,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         run = load_trained_run(args.workdir, args.step)
+        if run.config.objective.name != "causal_lm":
+            raise ValueError(
+                f"{args.workdir} trained a {run.config.model.family!r} model with the "
+                f"{run.config.objective.name!r} objective; `lmjax generate` continues text with "
+                "language models trained with 'causal_lm' (the GPT experiments)."
+            )
         settings = generate_settings(run.config, args)
         texts = generated_texts(
             run.model, run.params, run.tokenizer,

@@ -62,38 +62,27 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lmjax import models
-from lmjax.convert.safetensors_checkpoint import (
-    CheckpointTensors,
-    check_matches_model,
-    hf_config,
-    hf_tensors,
-    layer_norm_params,
-)
+from lmjax.convert import safetensors_checkpoint as ckpt
 from lmjax.layers.transformer import group_of_layer
 from lmjax.models import albert
 
 _PREFIX = "albert."
-# HF activation names (transformers/activations.py ACT2FN) -> lmjax names.
-_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
 _SKIPPED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
-
-
-def _encoder_prefix(names: set[str]) -> str:
-    """The encoder prefix the stored names use: ``albert.`` (task models) or '' (bare models)."""
-    return _PREFIX if any(n.startswith(_PREFIX) for n in names) else ""
+# AlbertLayer's tensor names (modeling_albert.py), under <g> (see the module docstring).
+_LAYER_NAMES = ckpt.PostLNLayerNames(
+    query="attention.query", key="attention.key", value="attention.value",
+    out="attention.dense", attention_norm="attention.LayerNorm",
+    mlp_in="ffn", mlp_out="ffn_output", mlp_norm="full_layer_layer_norm",
+)
+# AlbertConfig's defaults (configuration_albert.py) for fields a config.json may leave out.
+_DEFAULTS = dict(
+    vocab_size=30000, max_position_embeddings=512, num_hidden_layers=12, hidden_size=4096,
+    num_attention_heads=64, intermediate_size=16384, hidden_act="gelu_new",
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)
 
 
 def _hf_group_mismatches(num_layers: int, num_groups: int) -> list[tuple[int, int, int]]:
@@ -131,11 +120,9 @@ def albert_config_fields(
     problems = []
     if int(get("inner_group_num", 1)) != 1:
         problems.append(f"inner_group_num={get('inner_group_num')} (only 1 is implemented)")
-    if get("position_embedding_type", "absolute") != "absolute":
-        problems.append(f"position_embedding_type={get('position_embedding_type')!r}")
-    activation = get("hidden_act", "gelu_new")
-    if activation not in _ACTIVATIONS:
-        problems.append(f"hidden_act {activation!r} (supported: {sorted(_ACTIVATIONS)})")
+    problems += ckpt.encoder_config_problems(
+        config, ckpt.HF_ACTIVATIONS, _DEFAULTS["hidden_act"]
+    )
     if 0 < num_groups <= num_layers and _hf_group_mismatches(num_layers, num_groups):
         problems.append(
             f"num_hidden_groups={num_groups} with num_hidden_layers={num_layers}: HF assigns "
@@ -149,25 +136,11 @@ def albert_config_fields(
             + "; ".join(problems)
             + "."
         )
-    fields = dict(
-        vocab_size=int(get("vocab_size", 30000)),
-        max_len=int(get("max_position_embeddings", 512)),
-        type_vocab_size=int(get("type_vocab_size", 2)),
-        embedding_size=int(get("embedding_size", 128)),
-        num_layers=num_layers,
-        num_groups=num_groups,
-        embed_dim=int(get("hidden_size", 4096)),
-        num_heads=int(get("num_attention_heads", 64)),
-        mlp_dim=int(get("intermediate_size", 16384)),
-        activation=_ACTIVATIONS[activation],
-        layer_norm_eps=float(get("layer_norm_eps", 1e-12)),
-        hidden_dropout=float(get("hidden_dropout_prob", 0.0)),
-        attention_dropout=float(get("attention_probs_dropout_prob", 0.0)),
-        init_std=float(get("initializer_range", 0.02)),
-    )
+    fields = ckpt.encoder_config_fields(config, ckpt.HF_ACTIVATIONS, _DEFAULTS)
+    fields.update(embedding_size=int(get("embedding_size", 128)), num_groups=num_groups)
     if tensor_names is not None:
         names = set(tensor_names)
-        prefix = _encoder_prefix(names)
+        prefix = ckpt.encoder_prefix(names, _PREFIX)
         fields["pooler"] = f"{prefix}pooler.weight" in names
         fields["mlm_head"] = any(n.startswith("predictions.") for n in names)
         fields["sop_head"] = "sop_classifier.classifier.weight" in names
@@ -182,7 +155,7 @@ def albert_model_config(
     The 'base' preset supplies unstated fields; ``overrides`` (e.g. ``scan_layers=False``,
     ``dtype='bfloat16'``) win over both.
     """
-    fields = albert_config_fields(hf_config(directory), set(hf_tensors(directory)))
+    fields = albert_config_fields(ckpt.hf_config(directory), set(ckpt.hf_tensors(directory)))
     fields.update(overrides)
     return models.config_dict("albert", "base", **fields)
 
@@ -190,56 +163,6 @@ def albert_model_config(
 def albert_config_from_hf(directory: str | os.PathLike, **overrides: Any) -> albert.ALBERTConfig:
     """Returns the ``ALBERTConfig`` dataclass of an HF directory (see ``albert_model_config``)."""
     return models.make_config(albert_model_config(directory, **overrides))
-
-
-def _dense(src: CheckpointTensors, name: str, n_in: int, n_out: int) -> dict[str, np.ndarray]:
-    """An ``nn.Linear`` (weight [out, in]) as an lmjax kernel [in, out] and bias [out]."""
-    return {
-        "kernel": src.take(f"{name}.weight", (n_out, n_in)).T,
-        "bias": src.take(f"{name}.bias", (n_out,)),
-    }
-
-
-def _layer_params(src: CheckpointTensors, p: str, cfg: albert.ALBERTConfig) -> dict[str, Any]:
-    """One shared layer's lmjax parameters (unscanned shapes) from HF tensors ``{p}.*``."""
-    e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-    attention = {}
-    for name in ("query", "key", "value"):
-        linear = _dense(src, f"{p}.attention.{name}", e, e)
-        attention[name] = {
-            "kernel": linear["kernel"].reshape(e, h, d),  # [E, H, D]
-            "bias": linear["bias"].reshape(h, d),  # [H, D]
-        }
-    out = _dense(src, f"{p}.attention.dense", e, e)
-    attention["out"] = {"kernel": out["kernel"].reshape(h, d, e), "bias": out["bias"]}  # [H, D, E]
-    return {
-        "attention": attention,
-        "attention_norm": layer_norm_params(src, f"{p}.attention.LayerNorm", e),
-        "mlp": {
-            "wi": _dense(src, f"{p}.ffn", e, f),  # [E, F]
-            "wo": _dense(src, f"{p}.ffn_output", f, e),  # [F, E]
-        },
-        "mlp_norm": layer_norm_params(src, f"{p}.full_layer_layer_norm", e),
-    }
-
-
-def _as_albert_config(model_config) -> albert.ALBERTConfig:
-    if isinstance(model_config, albert.ALBERTConfig):
-        return model_config
-    values = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-    values.setdefault("family", "albert")
-    if values["family"] != "albert":
-        raise ValueError(f"model_config is for family {values['family']!r}, not 'albert'.")
-    return models.make_config(values)
-
-
-def _tied(src: CheckpointTensors, name: str, expected: np.ndarray, what: str) -> None:
-    """Checks that a stored tied copy (decoder weight / bias) equals what lmjax ties it to."""
-    if src.has(name) and not np.array_equal(src.take(name, expected.shape), expected):
-        raise ValueError(
-            f"Tensor {name!r} differs from {what}, but lmjax's ALBERT ties them; this "
-            "checkpoint cannot be converted exactly."
-        )
 
 
 def albert_params_from_hf(
@@ -262,66 +185,53 @@ def albert_params_from_hf(
       ValueError: naming the tensor, for missing and unexpected tensors and shape mismatches.
     """
     directory = os.fspath(directory)
-    hf = hf_config(directory)
+    hf = ckpt.hf_config(directory)
     if model_config is None:
         model_config = albert_model_config(directory)
-    cfg = _as_albert_config(model_config)
+    cfg = ckpt.family_config(model_config, "albert", albert.ALBERTConfig)
     hf_groups = int(hf.get("num_hidden_groups", 1))
     if cfg.num_groups != hf_groups:
         raise ValueError(
             f"model_config.num_groups={cfg.num_groups} but the checkpoint in {directory} has "
             f"num_hidden_groups={hf_groups}; build the config with albert_model_config."
         )
-    tensors = hf_tensors(directory)
-    prefix = _encoder_prefix(set(tensors))
-    src = CheckpointTensors(tensors, directory, _SKIPPED, "albert_model_config")
+    tensors = ckpt.hf_tensors(directory)
+    prefix = ckpt.encoder_prefix(set(tensors), _PREFIX)
+    src = ckpt.CheckpointTensors(tensors, directory, _SKIPPED, "albert_model_config")
     e, m, v = cfg.embed_dim, cfg.embedding_size, cfg.vocab_size
 
-    emb = f"{prefix}embeddings"
-    token_table = src.take(f"{emb}.word_embeddings.weight", (v, m))  # [V, M]
-    params: dict[str, Any] = {
-        "token_embed": {
-            "embedding": token_table,
-            "projection": _dense(src, f"{prefix}encoder.embedding_hidden_mapping_in", m, e),
-        },
-        "position_embed": {
-            "embedding": src.take(f"{emb}.position_embeddings.weight", (cfg.max_len, m))
-        },
-        "embed_norm": layer_norm_params(src, f"{emb}.LayerNorm", m),
-    }
-    if cfg.type_vocab_size:
-        params["type_embed"] = {
-            "embedding": src.take(f"{emb}.token_type_embeddings.weight", (cfg.type_vocab_size, m))
-        }
+    params = ckpt.embedding_params(
+        src, f"{prefix}embeddings", v, cfg.max_len, m, cfg.type_vocab_size
+    )  # tables [rows, M]
+    token_table = params["token_embed"]["embedding"]  # [V, M]
+    params["token_embed"]["projection"] = ckpt.dense_params(
+        src, f"{prefix}encoder.embedding_hidden_mapping_in", m, e
+    )
     groups = [
-        _layer_params(src, f"{prefix}encoder.albert_layer_groups.{g}.albert_layers.0", cfg)
+        ckpt.post_ln_layer_params(
+            src, f"{prefix}encoder.albert_layer_groups.{g}.albert_layers.0", _LAYER_NAMES, e,
+            cfg.num_heads, cfg.mlp_dim,
+        )
         for g in range(cfg.num_groups)
     ]
-    if cfg.num_groups == cfg.num_layers and cfg.scan_layers:
-        params["encoder"] = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *groups)}  # [N, ...]
-    else:
-        params["encoder"] = {f"layers_{g}": group for g, group in enumerate(groups)}
+    # Shared groups have no layer axis (layers_{g}) in both layouts.
+    scanned = cfg.num_groups == cfg.num_layers and cfg.scan_layers
+    params["encoder"] = ckpt.layer_stack(groups, scanned)
     if cfg.pooler:
-        params["pooler"] = _dense(src, f"{prefix}pooler", e, e)
+        params["pooler"] = ckpt.dense_params(src, f"{prefix}pooler", e, e)
     if cfg.sop_head:
-        params["sop"] = _dense(src, "sop_classifier.classifier", e, 2)  # kernel [E, 2]
+        params["sop"] = ckpt.dense_params(src, "sop_classifier.classifier", e, 2)  # kernel [E, 2]
     if cfg.mlm_head:
-        params["mlm_transform"] = _dense(src, "predictions.dense", e, m)  # [E, M]
-        params["mlm_norm"] = layer_norm_params(src, "predictions.LayerNorm", m)
-        params["mlm_bias"] = src.take("predictions.bias", (v,))
-        _tied(src, "predictions.decoder.weight", token_table, "the word embeddings")
-        _tied(src, "predictions.decoder.bias", params["mlm_bias"], "predictions.bias")
-
-    if src.unused() and not skip_unexpected:
-        raise ValueError(
-            f"The checkpoint in {directory} has tensors this lmjax ALBERT config does not use: "
-            f"{src.unused()}. Pass skip_unexpected=True to ignore them, or enable the matching "
-            "head (pooler / mlm_head / sop_head)."
-        )
-    param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    check_matches_model(params, albert.param_shapes(cfg), "ALBERT")
-    return params
+        params.update(ckpt.mlm_head_params(  # mlm_transform [E, M]
+            src, "ALBERT", transform="predictions.dense", norm="predictions.LayerNorm",
+            bias="predictions.bias", decoder="predictions.decoder", hidden=e, width=m,
+            token_table=token_table,
+        ))
+    return ckpt.finished_params(
+        src, params, cfg, albert.param_shapes(cfg), "ALBERT", skip_unexpected,
+        user="this lmjax ALBERT config",
+        hint=", or enable the matching head (pooler / mlm_head / sop_head)",
+    )
 
 
 def load_hf_albert(directory: str | os.PathLike, **overrides: Any) -> tuple[albert.ALBERT, dict]:

@@ -51,19 +51,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lmjax import models
-from lmjax.convert.safetensors_checkpoint import (
-    CheckpointTensors,
-    check_matches_model,
-    hf_config,
-    hf_tensors,
-    layer_norm_params,
-)
+from lmjax.convert import safetensors_checkpoint as ckpt
 from lmjax.models import bert
 
 # Per model type: the encoder prefix, the MLM head's names and the preset for unstated fields.
@@ -85,15 +76,6 @@ _LAYOUTS = {
         position_convention="fairseq",
     ),
 }
-# HF activation names (transformers/activations.py ACT2FN) -> lmjax names.
-_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
 _SKIPPED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
 
@@ -105,11 +87,6 @@ def _model_type(config: Mapping[str, Any]) -> str:
             f"{sorted(_LAYOUTS)}."
         )
     return model_type
-
-
-def _encoder_prefix(names: set[str], prefix: str) -> str:
-    """The encoder prefix the stored names use: ``prefix`` (task models) or '' (bare models)."""
-    return prefix if any(n.startswith(prefix) for n in names) else ""
 
 
 def bert_config_fields(
@@ -128,40 +105,23 @@ def bert_config_fields(
     """
     model_type = _model_type(config)
     layout = _LAYOUTS[model_type]
-    get = config.get
-    problems = []
-    if get("position_embedding_type", "absolute") != "absolute":
-        problems.append(f"position_embedding_type={get('position_embedding_type')!r}")
-    if get("is_decoder", False) or get("add_cross_attention", False):
-        problems.append("is_decoder / add_cross_attention (BERT as a decoder)")
-    activation = get("hidden_act", "gelu")
-    if activation not in _ACTIVATIONS:
-        problems.append(f"hidden_act {activation!r} (supported: {sorted(_ACTIVATIONS)})")
+    problems = ckpt.encoder_config_problems(
+        config, ckpt.HF_ACTIVATIONS, "gelu", " (BERT as a decoder)"
+    )
     if problems:
         raise ValueError(
             f"This {model_type} config uses what lmjax's BERT does not implement: "
             + "; ".join(problems)
             + "."
         )
-    fields = dict(
-        vocab_size=int(get("vocab_size")),
-        max_len=int(get("max_position_embeddings")),
-        type_vocab_size=int(get("type_vocab_size", 2)),
-        num_layers=int(get("num_hidden_layers")),
-        embed_dim=int(get("hidden_size")),
-        num_heads=int(get("num_attention_heads")),
-        mlp_dim=int(get("intermediate_size")),
-        activation=_ACTIVATIONS[activation],
-        layer_norm_eps=float(get("layer_norm_eps", 1e-12)),
-        hidden_dropout=float(get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(get("attention_probs_dropout_prob", 0.1)),
-        init_std=float(get("initializer_range", 0.02)),
+    fields = ckpt.encoder_config_fields(config, ckpt.HF_ACTIVATIONS)
+    fields.update(
         position_convention=layout["position_convention"],
-        pad_token_id=int(get("pad_token_id") or 0),
+        pad_token_id=int(config.get("pad_token_id") or 0),
     )
     if tensor_names is not None:
         names = set(tensor_names)
-        prefix = _encoder_prefix(names, layout["prefix"])
+        prefix = ckpt.encoder_prefix(names, layout["prefix"])
         fields["pooler"] = f"{prefix}pooler.dense.weight" in names
         fields["mlm_head"] = any(n.startswith(layout["mlm"]) for n in names)
         fields["nsp_head"] = "cls.seq_relationship.weight" in names
@@ -174,61 +134,10 @@ def bert_model_config(directory: str | os.PathLike, **overrides: Any) -> ml_coll
     The 'base' preset supplies unstated fields for ``bert`` checkpoints, 'roberta-base' for
     ``roberta``; ``overrides`` (e.g. ``scan_layers=False``, ``dtype='bfloat16'``) win over both.
     """
-    config = hf_config(directory)
-    fields = bert_config_fields(config, set(hf_tensors(directory)))
+    config = ckpt.hf_config(directory)
+    fields = bert_config_fields(config, set(ckpt.hf_tensors(directory)))
     fields.update(overrides)
     return models.config_dict("bert", _LAYOUTS[_model_type(config)]["preset"], **fields)
-
-
-def _dense(src: CheckpointTensors, name: str, n_in: int, n_out: int) -> dict[str, np.ndarray]:
-    """An ``nn.Linear`` (weight [out, in]) as an lmjax kernel [in, out] and bias [out]."""
-    return {
-        "kernel": src.take(f"{name}.weight", (n_out, n_in)).T,
-        "bias": src.take(f"{name}.bias", (n_out,)),
-    }
-
-
-def _layer_params(src: CheckpointTensors, p: str, cfg: bert.BERTConfig) -> dict[str, Any]:
-    """One encoder layer's lmjax parameters (unscanned shapes) from HF tensors ``{p}.*``."""
-    e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-    attention = {}
-    for ours, theirs in (("query", "query"), ("key", "key"), ("value", "value")):
-        linear = _dense(src, f"{p}.attention.self.{theirs}", e, e)
-        attention[ours] = {
-            "kernel": linear["kernel"].reshape(e, h, d),  # [E, H, D]
-            "bias": linear["bias"].reshape(h, d),  # [H, D]
-        }
-    out = _dense(src, f"{p}.attention.output.dense", e, e)
-    attention["out"] = {"kernel": out["kernel"].reshape(h, d, e), "bias": out["bias"]}  # [H, D, E]
-    return {
-        "attention": attention,
-        "attention_norm": layer_norm_params(src, f"{p}.attention.output.LayerNorm", e),
-        "mlp": {
-            "wi": _dense(src, f"{p}.intermediate.dense", e, f),  # [E, F]
-            "wo": _dense(src, f"{p}.output.dense", f, e),  # [F, E]
-        },
-        "mlp_norm": layer_norm_params(src, f"{p}.output.LayerNorm", e),
-    }
-
-
-def _as_bert_config(model_config) -> bert.BERTConfig:
-    if isinstance(model_config, bert.BERTConfig):
-        return model_config
-    values = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-    values.setdefault("family", "bert")
-    if values["family"] != "bert":
-        raise ValueError(f"model_config is for family {values['family']!r}, not 'bert'.")
-    return models.make_config(values)
-
-
-def _tied(src: CheckpointTensors, name: str, expected: np.ndarray, what: str) -> None:
-    """Checks that a stored tied copy (decoder weight / bias) equals what lmjax ties it to."""
-    if src.has(name):
-        if not np.array_equal(src.take(name, expected.shape), expected):
-            raise ValueError(
-                f"Tensor {name!r} differs from {what}, but lmjax's BERT ties them; this "
-                "checkpoint cannot be converted exactly."
-            )
 
 
 def bert_params_from_hf(
@@ -252,59 +161,42 @@ def bert_params_from_hf(
       ValueError: naming the tensor, for missing and unexpected tensors and shape mismatches.
     """
     directory = os.fspath(directory)
-    hf = hf_config(directory)
+    hf = ckpt.hf_config(directory)
     layout = _LAYOUTS[_model_type(hf)]
     if model_config is None:
         model_config = bert_model_config(directory)
-    cfg = _as_bert_config(model_config)
-    tensors = hf_tensors(directory)
-    prefix = _encoder_prefix(set(tensors), layout["prefix"])
-    src = CheckpointTensors(tensors, directory, _SKIPPED, "bert_model_config")
+    cfg = ckpt.family_config(model_config, "bert", bert.BERTConfig)
+    tensors = ckpt.hf_tensors(directory)
+    prefix = ckpt.encoder_prefix(set(tensors), layout["prefix"])
+    src = ckpt.CheckpointTensors(tensors, directory, _SKIPPED, "bert_model_config")
     e, v = cfg.embed_dim, cfg.vocab_size
 
-    emb = f"{prefix}embeddings"
-    token_table = src.take(f"{emb}.word_embeddings.weight", (v, e))  # [V, E]
-    params: dict[str, Any] = {
-        "token_embed": {"embedding": token_table},
-        "position_embed": {
-            "embedding": src.take(f"{emb}.position_embeddings.weight", (cfg.max_len, e))
-        },
-        "embed_norm": layer_norm_params(src, f"{emb}.LayerNorm", e),
-    }
-    if cfg.type_vocab_size:
-        params["type_embed"] = {
-            "embedding": src.take(f"{emb}.token_type_embeddings.weight", (cfg.type_vocab_size, e))
-        }
+    params = ckpt.embedding_params(
+        src, f"{prefix}embeddings", v, cfg.max_len, e, cfg.type_vocab_size
+    )
     layers = [
-        _layer_params(src, f"{prefix}encoder.layer.{i}", cfg) for i in range(cfg.num_layers)
-    ]
-    if cfg.scan_layers:
-        params["encoder"] = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}  # [N, ...]
-    else:
-        params["encoder"] = {f"layers_{i}": layer for i, layer in enumerate(layers)}
-    if cfg.pooler:
-        params["pooler"] = _dense(src, f"{prefix}pooler.dense", e, e)
-    if cfg.nsp_head:
-        params["nsp"] = _dense(src, "cls.seq_relationship", e, 2)  # kernel [E, 2]
-    if cfg.mlm_head:
-        mlm = layout["mlm"]
-        params["mlm_transform"] = _dense(src, layout["transform"], e, e)
-        params["mlm_norm"] = layer_norm_params(src, layout["transform_norm"], e)
-        params["mlm_bias"] = src.take(f"{mlm}bias", (v,))
-        _tied(src, f"{mlm}decoder.weight", token_table, "the word embeddings")
-        _tied(src, f"{mlm}decoder.bias", params["mlm_bias"], f"{mlm}bias")
-
-    if src.unused() and not skip_unexpected:
-        raise ValueError(
-            f"The checkpoint in {directory} has tensors this lmjax BERT config does not use: "
-            f"{src.unused()}. Pass skip_unexpected=True to ignore them, or enable the matching "
-            "head (pooler / mlm_head / nsp_head)."
+        ckpt.post_ln_layer_params(
+            src, f"{prefix}encoder.layer.{i}", ckpt.PostLNLayerNames(), e, cfg.num_heads,
+            cfg.mlp_dim,
         )
-    param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    check_matches_model(params, bert.param_shapes(cfg), "BERT")
-    return params
-
+        for i in range(cfg.num_layers)
+    ]
+    params["encoder"] = ckpt.layer_stack(layers, cfg.scan_layers)
+    if cfg.pooler:
+        params["pooler"] = ckpt.dense_params(src, f"{prefix}pooler.dense", e, e)
+    if cfg.nsp_head:
+        params["nsp"] = ckpt.dense_params(src, "cls.seq_relationship", e, 2)  # kernel [E, 2]
+    if cfg.mlm_head:
+        params.update(ckpt.mlm_head_params(
+            src, "BERT", transform=layout["transform"], norm=layout["transform_norm"],
+            bias=f"{layout['mlm']}bias", decoder=f"{layout['mlm']}decoder", hidden=e, width=e,
+            token_table=params["token_embed"]["embedding"],
+        ))
+    return ckpt.finished_params(
+        src, params, cfg, bert.param_shapes(cfg), "BERT", skip_unexpected,
+        user="this lmjax BERT config",
+        hint=", or enable the matching head (pooler / mlm_head / nsp_head)",
+    )
 
 
 def load_hf_bert(directory: str | os.PathLike, **overrides: Any) -> tuple[bert.BERT, dict]:

@@ -45,25 +45,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lmjax import models
-from lmjax.convert.safetensors_checkpoint import (
-    CheckpointTensors,
-    check_matches_model,
-    hf_config,
-    hf_tensors,
-    layer_norm_params,
-)
+from lmjax.convert import safetensors_checkpoint as ckpt
 from lmjax.models import distilbert
 
-# HF activation names (transformers/activations.py ACT2FN) -> lmjax names.
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
+# The HF activation names (ACT2FN) DistilBertConfig's ``activation`` takes -> lmjax names.
+_ACTIVATIONS = {name: ckpt.HF_ACTIVATIONS[name] for name in ("gelu", "gelu_new", "relu")}
 _SKIPPED = re.compile(r"(^|\.)embeddings\.position_ids$")
 _PREFIX = "distilbert."
+# TransformerBlock's tensor names (modeling_distilbert.py), under transformer.layer.i.
+_LAYER_NAMES = ckpt.PostLNLayerNames(
+    query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
+    out="attention.out_lin", attention_norm="sa_layer_norm",
+    mlp_in="ffn.lin1", mlp_out="ffn.lin2", mlp_norm="output_layer_norm",
+)
 
 
 def distilbert_config_fields(
@@ -117,52 +114,9 @@ def distilbert_model_config(
 
     The 'base' preset supplies unstated fields; ``overrides`` (e.g. ``scan_layers=False``) win.
     """
-    fields = distilbert_config_fields(hf_config(directory), set(hf_tensors(directory)))
+    fields = distilbert_config_fields(ckpt.hf_config(directory), set(ckpt.hf_tensors(directory)))
     fields.update(overrides)
     return models.config_dict("distilbert", "base", **fields)
-
-
-def _dense(src: CheckpointTensors, name: str, n_in: int, n_out: int) -> dict[str, np.ndarray]:
-    """An ``nn.Linear`` (weight [out, in]) as an lmjax kernel [in, out] and bias [out]."""
-    return {
-        "kernel": src.take(f"{name}.weight", (n_out, n_in)).T,
-        "bias": src.take(f"{name}.bias", (n_out,)),
-    }
-
-
-def _layer_params(
-    src: CheckpointTensors, p: str, cfg: distilbert.DistilBERTConfig
-) -> dict[str, Any]:
-    """One transformer layer's lmjax parameters (unscanned shapes) from HF tensors ``{p}.*``."""
-    e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-    attention = {}
-    for ours, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")):
-        linear = _dense(src, f"{p}.attention.{theirs}", e, e)
-        attention[ours] = {
-            "kernel": linear["kernel"].reshape(e, h, d),  # [E, H, D]
-            "bias": linear["bias"].reshape(h, d),  # [H, D]
-        }
-    out = _dense(src, f"{p}.attention.out_lin", e, e)
-    attention["out"] = {"kernel": out["kernel"].reshape(h, d, e), "bias": out["bias"]}  # [H, D, E]
-    return {
-        "attention": attention,
-        "attention_norm": layer_norm_params(src, f"{p}.sa_layer_norm", e),
-        "mlp": {
-            "wi": _dense(src, f"{p}.ffn.lin1", e, f),  # [E, F]
-            "wo": _dense(src, f"{p}.ffn.lin2", f, e),  # [F, E]
-        },
-        "mlp_norm": layer_norm_params(src, f"{p}.output_layer_norm", e),
-    }
-
-
-def _as_config(model_config) -> distilbert.DistilBERTConfig:
-    if isinstance(model_config, distilbert.DistilBERTConfig):
-        return model_config
-    values = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-    values.setdefault("family", "distilbert")
-    if values["family"] != "distilbert":
-        raise ValueError(f"model_config is for family {values['family']!r}, not 'distilbert'.")
-    return models.make_config(values)
 
 
 def distilbert_params_from_hf(
@@ -186,50 +140,30 @@ def distilbert_params_from_hf(
     directory = os.fspath(directory)
     if model_config is None:
         model_config = distilbert_model_config(directory)
-    cfg = _as_config(model_config)
-    tensors = hf_tensors(directory)
-    prefix = _PREFIX if any(n.startswith(_PREFIX) for n in tensors) else ""
-    src = CheckpointTensors(tensors, directory, _SKIPPED, "distilbert_model_config")
+    cfg = ckpt.family_config(model_config, "distilbert", distilbert.DistilBERTConfig)
+    tensors = ckpt.hf_tensors(directory)
+    prefix = ckpt.encoder_prefix(set(tensors), _PREFIX)
+    src = ckpt.CheckpointTensors(tensors, directory, _SKIPPED, "distilbert_model_config")
     e, v = cfg.embed_dim, cfg.vocab_size
 
-    emb = f"{prefix}embeddings"
-    token_table = src.take(f"{emb}.word_embeddings.weight", (v, e))  # [V, E]
-    params: dict[str, Any] = {
-        "token_embed": {"embedding": token_table},
-        "position_embed": {
-            "embedding": src.take(f"{emb}.position_embeddings.weight", (cfg.max_len, e))
-        },
-        "embed_norm": layer_norm_params(src, f"{emb}.LayerNorm", e),
-    }
+    params = ckpt.embedding_params(src, f"{prefix}embeddings", v, cfg.max_len, e)  # no token types
     layers = [
-        _layer_params(src, f"{prefix}transformer.layer.{i}", cfg) for i in range(cfg.num_layers)
-    ]
-    if cfg.scan_layers:
-        params["encoder"] = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}  # [N, ...]
-    else:
-        params["encoder"] = {f"layers_{i}": layer for i, layer in enumerate(layers)}
-    if cfg.mlm_head:
-        params["mlm_transform"] = _dense(src, "vocab_transform", e, e)
-        params["mlm_norm"] = layer_norm_params(src, "vocab_layer_norm", e)
-        params["mlm_bias"] = src.take("vocab_projector.bias", (v,))
-        if src.has("vocab_projector.weight"):
-            stored = src.take("vocab_projector.weight", (v, e))
-            if not np.array_equal(stored, token_table):
-                raise ValueError(
-                    "Tensor 'vocab_projector.weight' differs from the word embeddings, but "
-                    "lmjax's DistilBERT ties them; this checkpoint cannot be converted exactly."
-                )
-
-    if src.unused() and not skip_unexpected:
-        raise ValueError(
-            f"The checkpoint in {directory} has tensors this lmjax DistilBERT config does not "
-            f"use: {src.unused()}. Pass skip_unexpected=True to ignore them, or set "
-            "mlm_head=True."
+        ckpt.post_ln_layer_params(
+            src, f"{prefix}transformer.layer.{i}", _LAYER_NAMES, e, cfg.num_heads, cfg.mlp_dim
         )
-    param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    check_matches_model(params, distilbert.param_shapes(cfg), "DistilBERT")
-    return params
+        for i in range(cfg.num_layers)
+    ]
+    params["encoder"] = ckpt.layer_stack(layers, cfg.scan_layers)
+    if cfg.mlm_head:
+        params.update(ckpt.mlm_head_params(
+            src, "DistilBERT", transform="vocab_transform", norm="vocab_layer_norm",
+            bias="vocab_projector.bias", decoder="vocab_projector", hidden=e, width=e,
+            token_table=params["token_embed"]["embedding"],
+        ))
+    return ckpt.finished_params(
+        src, params, cfg, distilbert.param_shapes(cfg), "DistilBERT", skip_unexpected,
+        user="this lmjax DistilBERT config", hint=", or set mlm_head=True",
+    )
 
 
 def load_hf_distilbert(

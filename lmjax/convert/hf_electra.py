@@ -45,22 +45,13 @@ from __future__ import annotations
 
 import os
 import re
-import types
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lmjax.convert.hf_bert import _ACTIVATIONS, _dense, _layer_params, _tied
-from lmjax.convert.safetensors_checkpoint import (
-    CheckpointTensors,
-    check_matches_model,
-    hf_config,
-    hf_tensors,
-    layer_norm_params,
-)
+from lmjax.convert import safetensors_checkpoint as ckpt
 from lmjax.models import electra
 
 _SKIPPED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
@@ -77,37 +68,19 @@ def electra_shape_fields(
       ValueError: for another model_type, relative positions, a decoder configuration or an
         activation lmjax does not implement.
     """
-    get = config.get
     problems = []
-    if get("model_type") != "electra":
-        problems.append(f"model_type={get('model_type')!r} (expected 'electra')")
-    if get("position_embedding_type", "absolute") != "absolute":
-        problems.append(f"position_embedding_type={get('position_embedding_type')!r}")
-    if get("is_decoder", False) or get("add_cross_attention", False):
-        problems.append("is_decoder / add_cross_attention")
-    activation = get("hidden_act", "gelu")
-    if activation not in _ACTIVATIONS:
-        problems.append(f"hidden_act {activation!r} (supported: {sorted(_ACTIVATIONS)})")
+    if config.get("model_type") != "electra":
+        problems.append(f"model_type={config.get('model_type')!r} (expected 'electra')")
+    problems += ckpt.encoder_config_problems(config, ckpt.HF_ACTIVATIONS, "gelu", "")
     if problems:
         raise ValueError(
             "This ELECTRA config uses what lmjax does not implement: " + "; ".join(problems) + "."
         )
-    shared = dict(
-        vocab_size=int(get("vocab_size")),
-        max_len=int(get("max_position_embeddings")),
-        type_vocab_size=int(get("type_vocab_size", 2)),
-        embedding_size=int(get("embedding_size", 128)),
-        activation=_ACTIVATIONS[activation],
-        layer_norm_eps=float(get("layer_norm_eps", 1e-12)),
-        hidden_dropout=float(get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(get("attention_probs_dropout_prob", 0.1)),
-        init_std=float(get("initializer_range", 0.02)),
-    )
+    shared = ckpt.encoder_config_fields(config, ckpt.HF_ACTIVATIONS)
+    shared["embedding_size"] = int(config.get("embedding_size", 128))
     shape = dict(
-        num_layers=int(get("num_hidden_layers")),
-        width=int(get("hidden_size")),
-        heads=int(get("num_attention_heads")),
-        mlp=int(get("intermediate_size")),
+        num_layers=shared.pop("num_layers"), width=shared.pop("embed_dim"),
+        heads=shared.pop("num_heads"), mlp=shared.pop("mlp_dim"),
     )
     return shared, shape
 
@@ -123,51 +96,32 @@ def _generator_fields(shape: Mapping[str, int]) -> dict[str, int]:
 
 
 def _network_params(
-    src: CheckpointTensors, cfg: electra.ElectraConfig, shape: Mapping[str, int]
+    src: ckpt.CheckpointTensors, cfg: electra.ElectraConfig, shape: Mapping[str, int]
 ) -> dict[str, Any]:
     """Embeddings, ``embed_project`` and encoder of one HF ``electra.*`` body."""
     m, w = cfg.embedding_size, shape["width"]
-    emb = f"{_PREFIX}embeddings"
-    embeddings = {
-        "token_embed": {
-            "embedding": src.take(f"{emb}.word_embeddings.weight", (cfg.vocab_size, m))
-        },
-        "position_embed": {
-            "embedding": src.take(f"{emb}.position_embeddings.weight", (cfg.max_len, m))
-        },
-        "embed_norm": layer_norm_params(src, f"{emb}.LayerNorm", m),
-    }
-    if cfg.type_vocab_size:
-        embeddings["type_embed"] = {
-            "embedding": src.take(f"{emb}.token_type_embeddings.weight", (cfg.type_vocab_size, m))
-        }
+    embeddings = ckpt.embedding_params(
+        src, f"{_PREFIX}embeddings", cfg.vocab_size, cfg.max_len, m, cfg.type_vocab_size
+    )
     params: dict[str, Any] = {"embeddings": embeddings}
     if m != w:
-        params["embed_project"] = _dense(src, f"{_PREFIX}embeddings_project", m, w)
-    layer_shape = types.SimpleNamespace(
-        embed_dim=w, num_heads=shape["heads"], head_dim=w // shape["heads"], mlp_dim=shape["mlp"]
-    )
+        params["embed_project"] = ckpt.dense_params(src, f"{_PREFIX}embeddings_project", m, w)
     layers = [
-        _layer_params(src, f"{_PREFIX}encoder.layer.{i}", layer_shape)
+        ckpt.post_ln_layer_params(
+            src, f"{_PREFIX}encoder.layer.{i}", ckpt.PostLNLayerNames(), w, shape["heads"],
+            shape["mlp"],
+        )
         for i in range(shape["num_layers"])
     ]
-    if cfg.scan_layers:
-        params["encoder"] = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
-    else:
-        params["encoder"] = {f"layers_{i}": layer for i, layer in enumerate(layers)}
+    params["encoder"] = ckpt.layer_stack(layers, cfg.scan_layers)
     return params
 
 
-def _finish(src, params, cfg, expected, directory, what, skip_unexpected):
-    if src.unused() and not skip_unexpected:
-        raise ValueError(
-            f"The {what} checkpoint in {directory} has tensors lmjax's ELECTRA {what} does not "
-            f"use: {src.unused()}. Pass skip_unexpected=True to ignore them."
-        )
-    param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    check_matches_model(params, expected, f"ELECTRA {what}")
-    return params
+def _finish(src, params, cfg, expected, what, skip_unexpected):
+    return ckpt.finished_params(
+        src, params, cfg, expected, f"ELECTRA {what}", skip_unexpected,
+        user=f"lmjax's ELECTRA {what}", checkpoint=f"{what} checkpoint",
+    )
 
 
 def electra_config_from_hf(
@@ -175,7 +129,7 @@ def electra_config_from_hf(
 ) -> electra.ElectraConfig:
     """The ``ElectraConfig`` of one HF network directory (generator or discriminator): both the
     discriminator and the generator shape fields are the directory's network; ``overrides`` win."""
-    shared, shape = electra_shape_fields(hf_config(directory))
+    shared, shape = electra_shape_fields(ckpt.hf_config(directory))
     fields = {**shared, **_discriminator_fields(shape), **_generator_fields(shape), **overrides}
     return electra.ElectraConfig(**fields)
 
@@ -193,15 +147,17 @@ def discriminator_params_from_hf(
     """
     directory = os.fspath(directory)
     cfg = config or electra_config_from_hf(directory)
-    src = CheckpointTensors(hf_tensors(directory), directory, _SKIPPED, "electra_config_from_hf")
+    src = ckpt.CheckpointTensors(
+        ckpt.hf_tensors(directory), directory, _SKIPPED, "electra_config_from_hf"
+    )
     shape = dict(num_layers=cfg.num_layers, width=cfg.embed_dim, heads=cfg.num_heads,
                  mlp=cfg.mlp_dim)
     params = _network_params(src, cfg, shape)
     e = cfg.embed_dim
-    params["head_transform"] = _dense(src, "discriminator_predictions.dense", e, e)
-    params["head_out"] = _dense(src, "discriminator_predictions.dense_prediction", e, 1)
-    return _finish(src, params, cfg, electra.discriminator_param_shapes(cfg), directory,
-                   "discriminator", skip_unexpected)
+    params["head_transform"] = ckpt.dense_params(src, "discriminator_predictions.dense", e, e)
+    params["head_out"] = ckpt.dense_params(src, "discriminator_predictions.dense_prediction", e, 1)
+    return _finish(src, params, cfg, electra.discriminator_param_shapes(cfg), "discriminator",
+                   skip_unexpected)
 
 
 def generator_params_from_hf(
@@ -216,7 +172,7 @@ def generator_params_from_hf(
     """
     directory = os.fspath(directory)
     cfg = config or electra_config_from_hf(directory)
-    hf = hf_config(directory)
+    hf = ckpt.hf_config(directory)
     if hf.get("hidden_act", "gelu") != "gelu" or cfg.activation != "gelu":
         # HF's ElectraGeneratorPredictions applies 'gelu' whatever hidden_act says; lmjax (like
         # the reference) applies config.activation, so only 'gelu' converts exactly.
@@ -224,18 +180,20 @@ def generator_params_from_hf(
             f"hidden_act={hf.get('hidden_act')!r}: HF's generator head uses 'gelu' regardless, "
             "lmjax's uses config.activation; only 'gelu' generators convert exactly."
         )
-    src = CheckpointTensors(hf_tensors(directory), directory, _SKIPPED, "electra_config_from_hf")
+    src = ckpt.CheckpointTensors(
+        ckpt.hf_tensors(directory), directory, _SKIPPED, "electra_config_from_hf"
+    )
     shape = dict(num_layers=cfg.generator_num_layers, width=cfg.generator_embed_dim,
                  heads=cfg.generator_num_heads, mlp=cfg.generator_mlp_dim)
     params = _network_params(src, cfg, shape)
-    m, v = cfg.embedding_size, cfg.vocab_size
-    params["mlm_transform"] = _dense(src, "generator_predictions.dense", shape["width"], m)
-    params["mlm_norm"] = layer_norm_params(src, "generator_predictions.LayerNorm", m)
-    params["mlm_bias"] = src.take("generator_lm_head.bias", (v,))
-    _tied(src, "generator_lm_head.weight", params["embeddings"]["token_embed"]["embedding"],
-          "the word embeddings")
-    return _finish(src, params, cfg, electra.generator_param_shapes(cfg), directory,
-                   "generator", skip_unexpected)
+    params.update(ckpt.mlm_head_params(  # mlm_transform [G, M]
+        src, "ELECTRA", transform="generator_predictions.dense",
+        norm="generator_predictions.LayerNorm", bias="generator_lm_head.bias",
+        decoder="generator_lm_head", hidden=shape["width"], width=cfg.embedding_size,
+        token_table=params["embeddings"]["token_embed"]["embedding"],
+    ))
+    return _finish(src, params, cfg, electra.generator_param_shapes(cfg), "generator",
+                   skip_unexpected)
 
 
 def load_hf_electra_discriminator(
@@ -290,8 +248,8 @@ def load_hf_electra_pretraining(
       ValueError: when the two configs disagree on a shared field (vocabulary, positions, types,
         embedding width, LayerNorm epsilon), or (``check_shared``) on the embedding values.
     """
-    gen_shared, gen_shape = electra_shape_fields(hf_config(generator_directory))
-    disc_shared, disc_shape = electra_shape_fields(hf_config(discriminator_directory))
+    gen_shared, gen_shape = electra_shape_fields(ckpt.hf_config(generator_directory))
+    disc_shared, disc_shape = electra_shape_fields(ckpt.hf_config(discriminator_directory))
     keys = ("vocab_size", "max_len", "type_vocab_size", "embedding_size", "layer_norm_eps")
     differ = {k: (gen_shared[k], disc_shared[k]) for k in keys if gen_shared[k] != disc_shared[k]}
     if differ:
@@ -312,7 +270,7 @@ def load_hf_electra_pretraining(
             "discriminator's for both."
         )
     params = electra.join_params(generator, discriminator)
-    check_matches_model(params, electra.param_shapes(cfg), "ELECTRA pre-training")
+    ckpt.check_matches_model(params, electra.param_shapes(cfg), "ELECTRA pre-training")
     return electra.ElectraPretraining(cfg), params
 
 

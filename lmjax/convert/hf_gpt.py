@@ -49,20 +49,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from lmjax import models
 from lmjax.convert.safetensors_checkpoint import (
     CheckpointTensors,
-    check_matches_model,
+    family_config,
+    finished_params,
     hf_config,
     hf_tensors,
     layer_norm_params,
+    layer_stack,
     stripped_prefix,
 )
 from lmjax.models import gpt
@@ -226,16 +226,6 @@ def _layer_params(src: CheckpointTensors, i: int, cfg: gpt.GPTConfig) -> dict[st
     }
 
 
-def _as_gpt_config(model_config) -> gpt.GPTConfig:
-    if isinstance(model_config, gpt.GPTConfig):
-        return model_config
-    values = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-    values.setdefault("family", "gpt")
-    if values["family"] != "gpt":
-        raise ValueError(f"model_config is for family {values['family']!r}, not 'gpt'.")
-    return models.make_config(values)
-
-
 def gpt_params_from_hf(
     directory: str | os.PathLike,
     model_config=None,
@@ -272,7 +262,7 @@ def gpt_params_from_hf(
     layout = _LAYOUTS[model_type]
     if model_config is None:
         model_config = lmjax_model_config(directory, added_token_rows=added_token_rows)
-    cfg = _as_gpt_config(model_config)
+    cfg = family_config(model_config, "gpt", gpt.GPTConfig)
     if cfg.norm != layout["norm"] or cfg.final_norm != (layout["final_norm"] is not None):
         raise ValueError(
             f"A {model_type} checkpoint needs norm={layout['norm']!r}, "
@@ -302,23 +292,12 @@ def gpt_params_from_hf(
         },
     }
     layers = [_layer_params(src, i, cfg) for i in range(cfg.num_layers)]
-    if cfg.scan_layers:
-        params["decoder"] = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}  # [N, ...]
-    else:
-        params["decoder"] = {f"layers_{i}": layer for i, layer in enumerate(layers)}
+    params["decoder"] = layer_stack(layers, cfg.scan_layers)
     if layout["final_norm"] is not None:
         params["final_norm"] = layer_norm_params(src, layout["final_norm"], cfg.embed_dim)
-
-    if src.unused() and not skip_unexpected:
-        raise ValueError(
-            f"The checkpoint in {directory} has tensors lmjax's GPT does not use: {src.unused()}. "
-            "Pass skip_unexpected=True to ignore them."
-        )
-    param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    check_matches_model(params, gpt.param_shapes(cfg), "GPT")
-    return params
-
+    return finished_params(
+        src, params, cfg, gpt.param_shapes(cfg), "GPT", skip_unexpected, user="lmjax's GPT"
+    )
 
 
 def load_hf_gpt(

@@ -14,11 +14,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 
 import numpy as np
 
-from lmjax.data.tokenizers import Tokenizer
+from lmjax.data.tokenizers import HuggingFaceTokenizer, Tokenizer
 
 __all__ = [
     "EncoderSpecialIds",
@@ -32,7 +31,7 @@ __all__ = [
 _WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(HuggingFaceTokenizer):
     """A published BERT ``vocab.txt`` (one piece a line, the line number is the id).
 
     Built on the ``tokenizers`` library the way BERT's ``tokenization.py`` tokenizes: BERT's
@@ -42,6 +41,9 @@ class WordPieceTokenizer(Tokenizer):
     pieces inside a word and ``[UNK]`` for words over 100 characters or without a match. The
     pieces ``[PAD] [UNK] [CLS] [SEP] [MASK]`` found in the vocabulary are special: written in a
     text they encode to their own id, as Hugging Face's ``BertTokenizer`` does.
+
+    It is a :class:`~lmjax.data.tokenizers.HuggingFaceTokenizer` (same library, same methods)
+    built from the ``vocab.txt`` instead of read from a ``tokenizer.json``.
 
     ``bos_id`` and ``eos_id`` are None (BERT has ``[CLS]``/``[SEP]`` instead; see
     :func:`encoder_special_ids`), so these vocabularies serve the encoder batches, not packed LM
@@ -79,51 +81,11 @@ class WordPieceTokenizer(Tokenizer):
         tokenizer.add_special_tokens([AddedToken(p, normalized=False, special=True)
                                       for p in specials])
         self._tokenizer = tokenizer
-        self._special_ids = frozenset(tokenizer.token_to_id(p) for p in specials)
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def id_of(self, piece: str) -> int:
-        piece_id = self._tokenizer.token_to_id(piece)
-        if piece_id is None:
-            raise KeyError(f"{piece!r} is not a piece of {self._path}.")
-        return piece_id
-
-    def id_to_piece(self, piece_id: int) -> str:
-        piece = self._tokenizer.id_to_token(int(piece_id))
-        if piece is None:
-            raise KeyError(f"Id {piece_id} is outside the vocabulary of {self._path}.")
-        return piece
-
-    def is_special(self, piece_id: int) -> bool:
-        return int(piece_id) in self._special_ids
-
-    continuing_subword_prefix = "##"
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def pad_id(self) -> int:
-        piece_id = self._tokenizer.token_to_id("[PAD]")
-        return 0 if piece_id is None else piece_id
-
-    @property
-    def bos_id(self) -> None:
-        return None
-
-    @property
-    def eos_id(self) -> None:
-        return None
-
-    @property
-    def unk_id(self) -> int:
-        return self._tokenizer.token_to_id("[UNK]")
+        # The roles HuggingFaceTokenizer reads; BERT has no BOS/EOS ([CLS]/[SEP] instead).
+        self._special = {
+            "eos": None, "bos": None,
+            "pad": tokenizer.token_to_id("[PAD]"), "unk": tokenizer.token_to_id("[UNK]"),
+        }
 
     def __repr__(self) -> str:
         return (f"WordPieceTokenizer({self._path}, vocab_size={self.vocab_size}, "

@@ -50,6 +50,7 @@ from lmjax.data.sentence_pairs import (
     SegmentPair,
     SentencePairStream,
 )
+from lmjax.data.shuffle import check_iterator_state
 from lmjax.data.sources import config_value, open_documents
 from lmjax.data.tokenizers import Tokenizer
 
@@ -205,16 +206,7 @@ class SegmentBatches(Iterator[dict[str, np.ndarray]]):
         Raises:
             ValueError: The state lacks a key, or was saved with another shuffle seed.
         """
-        missing = [k for k in _STATE_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"Data iterator state {state!r} lacks {missing}; pass a dict "
-                             "returned by SegmentBatches.state().")
-        if int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"The data state was saved with shuffle seed {state['seed']} but this iterator "
-                f"uses {self.seed}; restoring would not continue the same batches. Use the same "
-                "data.shuffle_seed as the run being resumed."
-            )
+        check_iterator_state(state, _STATE_KEYS, self.seed, "SegmentBatches")
         self._stream.seek(int(state["epoch"]), int(state["document"]), int(state["item"]))
         self._batches = int(state["batches"])
 

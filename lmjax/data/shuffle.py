@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EpochPermutation"]
+__all__ = ["EpochPermutation", "check_iterator_state"]
 
 _MASK64 = (1 << 64) - 1
 _ROUNDS = 6
@@ -72,3 +72,30 @@ class EpochPermutation:
 
     def __repr__(self) -> str:
         return f"EpochPermutation(n={self.n}, shuffle={self.shuffle})"
+
+
+def check_iterator_state(state: dict, keys: tuple[str, ...], seed: int, owner: str) -> None:
+    """Raises unless ``state`` (a data iterator's ``state()``) has ``keys`` and ``seed``.
+
+    Args:
+        state: the state to restore.
+        keys: the keys the iterator's ``state()`` returns.
+        seed: the restoring iterator's shuffle seed.
+        owner: the iterator's class name, for the message.
+
+    Raises:
+        ValueError: a key is missing, or the state was saved with another shuffle seed (restoring
+            it would not continue the same batches).
+    """
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(
+            f"Data iterator state {state!r} lacks {missing}; pass a dict returned by "
+            f"{owner}.state()."
+        )
+    if int(state["seed"]) != seed:
+        raise ValueError(
+            f"The data state was saved with shuffle seed {state['seed']} but this iterator "
+            f"uses {seed}; restoring would not continue the same batches. Use the same "
+            "data.shuffle_seed as the run being resumed."
+        )

@@ -81,18 +81,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from lmjax import axes
-from lmjax.layers import masks
-from lmjax.layers.dense import DenseGeneral
 from lmjax.layers.embeddings import FactorizedEmbed, PositionEmbed, TypeEmbed
-from lmjax.layers.mlp import activation_fn
 from lmjax.layers.norms import LayerNorm
-from lmjax.layers.transformer import REMAT_POLICIES, BlockConfig, TransformerStack
-from lmjax.models import parameters
-
-_DTYPES = ("float32", "bfloat16", "float16")
+from lmjax.layers.transformer import BlockConfig
+from lmjax.models import encoder_parts, parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,37 +143,16 @@ class ALBERTConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        problems = []
         sizes = ("vocab_size", "max_len", "embedding_size", "num_layers", "num_groups",
                  "embed_dim", "num_heads", "mlp_dim")
-        for field in sizes:
-            if getattr(self, field) <= 0:
-                problems.append(f"{field}={getattr(self, field)} must be positive")
-        if self.num_heads > 0 and self.embed_dim % self.num_heads:
-            problems.append(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
+        problems = encoder_parts.config_problems(self, sizes)
         if self.num_groups > self.num_layers:
             problems.append(
                 f"num_groups={self.num_groups} exceeds num_layers={self.num_layers}; use at most "
                 "one group per layer (num_groups=num_layers shares nothing)"
             )
-        if self.type_vocab_size < 0:
-            problems.append(f"type_vocab_size={self.type_vocab_size} must be >= 0")
         if self.sop_head and not self.pooler:
             problems.append("sop_head=True needs pooler=True (SOP reads the pooled output)")
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                problems.append(f"{field}={getattr(self, field)!r} must be one of {_DTYPES}")
-        for field in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                problems.append(f"{field}={getattr(self, field)} must be in [0, 1)")
-        try:
-            activation_fn(self.activation)
-        except ValueError as error:
-            problems.append(str(error))
         if problems:
             raise ValueError("Invalid ALBERTConfig: " + "; ".join(problems) + ".")
 
@@ -227,26 +200,7 @@ class ALBERT(nn.Module):
 
     def block_config(self) -> BlockConfig:
         """The per-layer hyper-parameters handed to the transformer stack (BERT's post-LN block)."""
-        cfg = self.config
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        return BlockConfig(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            mlp_dim=cfg.mlp_dim,
-            activation=cfg.activation,
-            norm_placement="post",
-            norm_kind="layer",
-            norm_eps=cfg.layer_norm_eps,
-            use_bias=True,
-            attention_dropout=cfg.attention_dropout,
-            residual_dropout=cfg.hidden_dropout,
-            mlp_dropout=0.0,
-            kernel_init=init,
-            out_kernel_init=init,
-            bias_init=nn.initializers.zeros_init(),
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-        )
+        return encoder_parts.post_ln_block(self.config)
 
     @nn.compact
     def __call__(
@@ -273,23 +227,10 @@ class ALBERT(nn.Module):
           ``{'hidden', 'pooled'?, 'logits'?, 'sop_logits'?}`` (see the module docstring).
         """
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        param_dtype = jnp.dtype(cfg.param_dtype)
-        if inputs.ndim != 2:
-            raise ValueError(f"ALBERT expects inputs [batch, length], got shape {inputs.shape}.")
-        batch, length = inputs.shape
-        if length > cfg.max_len:
-            raise ValueError(
-                f"Sequence length {length} exceeds max_len={cfg.max_len}; shorten the inputs or "
-                "build the model with a larger max_len."
-            )
+        encoder_parts.check_inputs("ALBERT", inputs, cfg.max_len)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros((batch, length), jnp.int32)
-
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        common = dict(dtype=dtype, param_dtype=param_dtype)
+            positions = encoder_parts.arange_positions(inputs)
+        init, common = encoder_parts.truncated_normal(cfg), encoder_parts.dtypes(cfg)
         token_embed = FactorizedEmbed(
             cfg.vocab_size,
             cfg.embedding_size,
@@ -308,64 +249,31 @@ class ALBERT(nn.Module):
             name="position_embed",
             **small_axes,
         )(positions)
-        if cfg.type_vocab_size:
+        types = encoder_parts.token_types(inputs, token_type_ids, cfg.type_vocab_size)
+        if types is not None:
             x = x + TypeEmbed(
                 cfg.type_vocab_size,
                 cfg.embedding_size,
                 table_axes=(axes.TYPE, axes.FACTOR),
                 name="type_embed",
                 **small_axes,
-            )(token_type_ids)
+            )(types)
         x = LayerNorm(epsilon=cfg.layer_norm_eps, name="embed_norm", **common)(x)  # [B, L, M]
         x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         x = token_embed.project(x)  # [B, L, E]  (embedding_hidden_mapping_in)
         x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
 
-        mask = masks.combine_masks(
-            None if attention_mask is None else masks.key_padding_mask(attention_mask, length),
-            None if segment_ids is None else masks.segment_mask(segment_ids),
-        )  # bool [B, 1, L, L] or None
-        x = TransformerStack(
-            self.block_config(),
-            num_layers=cfg.num_layers,
-            num_groups=cfg.num_groups,
-            scan=cfg.scan_layers,
-            remat=cfg.remat,
-            name="encoder",
-        )(x, mask, None, None, None, None, deterministic, False)  # [B, L, E]
+        mask = encoder_parts.encoder_mask(attention_mask, segment_ids, inputs.shape[1])
+        x = encoder_parts.encode(
+            cfg, self.block_config(), x, mask, deterministic, num_groups=cfg.num_groups
+        )  # [B, L, E]
         outputs = {"hidden": x}
-
         if cfg.pooler:
-            pooler = DenseGeneral(
-                cfg.embed_dim, (axes.EMBED, axes.MLP), kernel_init=init, name="pooler", **common
-            )
-            pooled = jnp.tanh(pooler(x[:, 0]))  # [B, E] from the first token ([CLS])
-            outputs["pooled"] = pooled
-            if cfg.sop_head:
-                sop = DenseGeneral(
-                    2, (axes.EMBED, axes.CLASSES), kernel_init=init, name="sop", **common
-                )(pooled)  # [B, 2]
-                outputs["sop_logits"] = jnp.asarray(sop, jnp.float32)
+            outputs.update(encoder_parts.pooled_outputs(cfg, x, "sop" if cfg.sop_head else None))
         if cfg.mlm_head:
-            transform = DenseGeneral(
-                cfg.embedding_size,
-                (axes.EMBED, axes.FACTOR),
-                kernel_init=init,
-                name="mlm_transform",
-                **common,
-            )
-            h = activation_fn(cfg.activation)(transform(x))  # [B, L, M]
-            h = LayerNorm(epsilon=cfg.layer_norm_eps, name="mlm_norm", **common)(h)  # [B, L, M]
-            mlm_bias = self.param(
-                "mlm_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
-                (cfg.vocab_size,),
-                param_dtype,
-            )
-            logits = token_embed.attend(h) + jnp.asarray(mlm_bias, jnp.float32)  # f32 [B, L, V]
-            outputs["logits"] = nn.with_logical_constraint(
-                logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB)
-            )
+            outputs["logits"] = encoder_parts.mlm_logits(
+                self, cfg, x, token_embed.attend, cfg.embedding_size, (axes.EMBED, axes.FACTOR)
+            )  # [B, L, V], the transform E -> M
         return outputs
 
 

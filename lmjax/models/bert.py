@@ -82,21 +82,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax import axes
-from lmjax.models import parameters
-from lmjax.layers import masks
-from lmjax.layers.dense import DenseGeneral
-from lmjax.layers.embeddings import Embed, PositionEmbed, TypeEmbed
-from lmjax.layers.mlp import activation_fn
-from lmjax.layers.norms import LayerNorm
-from lmjax.layers.transformer import (
-    REMAT_POLICIES,
-    BlockConfig,
-    TransformerStack,
-)
+from lmjax.layers.transformer import BlockConfig
+from lmjax.models import encoder_parts, parameters
 
 POSITION_CONVENTIONS = ("arange", "fairseq")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def fairseq_positions(inputs: jax.Array, pad_token_id: int) -> jax.Array:
@@ -170,11 +159,8 @@ class BERTConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.embed_dim % self.num_heads:
-            problems.append(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
+        sizes = ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim")
+        problems = encoder_parts.config_problems(self, sizes, dropouts=False)
         if self.position_convention not in POSITION_CONVENTIONS:
             problems.append(
                 f"position_convention={self.position_convention!r} must be one of "
@@ -182,20 +168,6 @@ class BERTConfig:
             )
         if self.nsp_head and not self.pooler:
             problems.append("nsp_head=True needs pooler=True (NSP reads the pooled output)")
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                problems.append(f"{field}={getattr(self, field)!r} must be one of {_DTYPES}")
-        for field in ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim"):
-            if getattr(self, field) <= 0:
-                problems.append(f"{field}={getattr(self, field)} must be positive")
-        if self.type_vocab_size < 0:
-            problems.append(f"type_vocab_size={self.type_vocab_size} must be >= 0")
-        try:
-            activation_fn(self.activation)
-        except ValueError as error:
-            problems.append(str(error))
         if problems:
             raise ValueError("Invalid BERTConfig: " + "; ".join(problems) + ".")
 
@@ -257,33 +229,27 @@ class BERT(nn.Module):
 
     def block_config(self) -> BlockConfig:
         """The per-layer hyper-parameters handed to the transformer stack."""
-        cfg = self.config
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        return BlockConfig(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            mlp_dim=cfg.mlp_dim,
-            activation=cfg.activation,
-            norm_placement="post",
-            norm_kind="layer",
-            norm_eps=cfg.layer_norm_eps,
-            use_bias=True,
-            attention_dropout=cfg.attention_dropout,
-            residual_dropout=cfg.hidden_dropout,
-            mlp_dropout=0.0,
-            kernel_init=init,
-            out_kernel_init=init,
-            bias_init=nn.initializers.zeros_init(),
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-        )
+        return encoder_parts.post_ln_block(self.config)
 
     def default_positions(self, inputs: jax.Array) -> jax.Array:
         """int32 [B, L] positions of the config's ``position_convention``."""
         cfg = self.config
         if cfg.position_convention == "fairseq":
             return fairseq_positions(inputs, cfg.pad_token_id)
-        return jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+        return encoder_parts.arange_positions(inputs)
+
+    def checked_positions(self, inputs: jax.Array, positions: jax.Array | None) -> jax.Array:
+        """``positions`` or, when None, ``default_positions`` checked against ``max_len``."""
+        cfg = self.config
+        if positions is not None:
+            return positions
+        length = inputs.shape[1]
+        if cfg.position_convention == "fairseq" and length + cfg.pad_token_id >= cfg.max_len:
+            raise ValueError(
+                f"Sequence length {length} needs fairseq positions up to "
+                f"{length + cfg.pad_token_id} but max_len={cfg.max_len}; shorten the inputs."
+            )
+        return self.default_positions(inputs)
 
     @nn.compact
     def __call__(
@@ -310,84 +276,17 @@ class BERT(nn.Module):
           ``{'hidden', 'pooled'?, 'logits'?, 'nsp_logits'?}`` (see the module docstring).
         """
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        param_dtype = jnp.dtype(cfg.param_dtype)
-        if inputs.ndim != 2:
-            raise ValueError(f"BERT expects inputs [batch, length], got shape {inputs.shape}.")
-        batch, length = inputs.shape
-        if positions is None:
-            positions = self.default_positions(inputs)
-            if cfg.position_convention == "fairseq" and length + cfg.pad_token_id >= cfg.max_len:
-                raise ValueError(
-                    f"Sequence length {length} needs fairseq positions up to "
-                    f"{length + cfg.pad_token_id} but max_len={cfg.max_len}; shorten the inputs."
-                )
-        if length > cfg.max_len:
-            raise ValueError(
-                f"Sequence length {length} exceeds max_len={cfg.max_len}; shorten the inputs or "
-                "build the model with a larger max_len."
-            )
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros((batch, length), jnp.int32)
-
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        common = dict(dtype=dtype, param_dtype=param_dtype)
-        token_embed = Embed(
-            cfg.vocab_size, cfg.embed_dim, embedding_init=init, name="token_embed", **common
-        )
-        x = token_embed(inputs)  # [B, L, E]
-        x = x + PositionEmbed(
-            cfg.max_len, cfg.embed_dim, embedding_init=init, name="position_embed", **common
-        )(positions)
-        if cfg.type_vocab_size:
-            x = x + TypeEmbed(
-                cfg.type_vocab_size, cfg.embed_dim, embedding_init=init, name="type_embed", **common
-            )(token_type_ids)
-        x = LayerNorm(epsilon=cfg.layer_norm_eps, name="embed_norm", **common)(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-
-        mask = masks.combine_masks(
-            None if attention_mask is None else masks.key_padding_mask(attention_mask, length),
-            None if segment_ids is None else masks.segment_mask(segment_ids),
-        )  # bool [B, 1, L, L] or None
-        x = TransformerStack(
-            self.block_config(),
-            num_layers=cfg.num_layers,
-            scan=cfg.scan_layers,
-            remat=cfg.remat,
-            name="encoder",
-        )(x, mask, None, None, None, None, deterministic, False)  # [B, L, E]
+        encoder_parts.check_inputs("BERT", inputs, cfg.max_len)
+        positions = self.checked_positions(inputs, positions)
+        types = encoder_parts.token_types(inputs, token_type_ids, cfg.type_vocab_size)
+        token_embed, x = encoder_parts.embed(cfg, inputs, positions, types, deterministic)
+        mask = encoder_parts.encoder_mask(attention_mask, segment_ids, inputs.shape[1])
+        x = encoder_parts.encode(cfg, self.block_config(), x, mask, deterministic)  # [B, L, E]
         outputs = {"hidden": x}
-
-        hidden_axes = (axes.EMBED, axes.MLP)  # the E -> E head projections
         if cfg.pooler:
-            pooler = DenseGeneral(
-                cfg.embed_dim, hidden_axes, kernel_init=init, name="pooler", **common
-            )
-            pooled = jnp.tanh(pooler(x[:, 0]))  # [B, E] from the first token ([CLS] / <s>)
-            outputs["pooled"] = pooled
-            if cfg.nsp_head:
-                nsp = DenseGeneral(
-                    2, (axes.EMBED, axes.CLASSES), kernel_init=init, name="nsp", **common
-                )(pooled)  # [B, 2]
-                outputs["nsp_logits"] = jnp.asarray(nsp, jnp.float32)
+            outputs.update(encoder_parts.pooled_outputs(cfg, x, "nsp" if cfg.nsp_head else None))
         if cfg.mlm_head:
-            transform = DenseGeneral(
-                cfg.embed_dim, hidden_axes, kernel_init=init, name="mlm_transform", **common
-            )
-            h = activation_fn(cfg.activation)(transform(x))  # [B, L, E]
-            h = LayerNorm(epsilon=cfg.layer_norm_eps, name="mlm_norm", **common)(h)  # [B, L, E]
-            mlm_bias = self.param(
-                "mlm_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
-                (cfg.vocab_size,),
-                param_dtype,
-            )
-            logits = token_embed.attend(h) + jnp.asarray(mlm_bias, jnp.float32)  # f32 [B, L, V]
-            outputs["logits"] = nn.with_logical_constraint(
-                logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB)
-            )
+            outputs["logits"] = encoder_parts.mlm_logits(self, cfg, x, token_embed.attend)
         return outputs
 
 

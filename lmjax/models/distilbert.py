@@ -71,21 +71,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax import axes
-from lmjax.layers import masks
-from lmjax.layers.dense import DenseGeneral
-from lmjax.layers.embeddings import Embed, PositionEmbed
-from lmjax.layers.mlp import activation_fn
-from lmjax.layers.norms import LayerNorm
-from lmjax.layers.transformer import (
-    REMAT_POLICIES,
-    BlockConfig,
-    TransformerStack,
-    stack_layer_params,
-)
-from lmjax.models import parameters
+from lmjax.layers.transformer import BlockConfig, stack_layer_params
+from lmjax.models import encoder_parts, parameters
 
-_DTYPES = ("float32", "bfloat16", "float16")
 # extract_distilbert.py: the BERT-base layers the 6-layer student starts from.
 REFERENCE_TEACHER_LAYERS = (0, 2, 4, 7, 9, 11)
 
@@ -136,26 +124,8 @@ class DistilBERTConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        problems = []
-        for field in ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim"):
-            if getattr(self, field) <= 0:
-                problems.append(f"{field}={getattr(self, field)} must be positive")
-        if self.num_heads > 0 and self.embed_dim % self.num_heads:
-            problems.append(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                problems.append(f"{field}={getattr(self, field)!r} must be one of {_DTYPES}")
-        for field in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                problems.append(f"{field}={getattr(self, field)} must be in [0, 1)")
-        try:
-            activation_fn(self.activation)
-        except ValueError as error:
-            problems.append(str(error))
+        sizes = ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim")
+        problems = encoder_parts.config_problems(self, sizes)
         if problems:
             raise ValueError("Invalid DistilBERTConfig: " + "; ".join(problems) + ".")
 
@@ -186,26 +156,7 @@ class DistilBERT(nn.Module):
 
     def block_config(self) -> BlockConfig:
         """The per-layer hyper-parameters handed to the transformer stack (post-LN, biases)."""
-        cfg = self.config
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        return BlockConfig(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            mlp_dim=cfg.mlp_dim,
-            activation=cfg.activation,
-            norm_placement="post",
-            norm_kind="layer",
-            norm_eps=cfg.layer_norm_eps,
-            use_bias=True,
-            attention_dropout=cfg.attention_dropout,
-            residual_dropout=cfg.hidden_dropout,
-            mlp_dropout=0.0,
-            kernel_init=init,
-            out_kernel_init=init,
-            bias_init=nn.initializers.zeros_init(),
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-        )
+        return encoder_parts.post_ln_block(self.config)
 
     @nn.compact
     def __call__(
@@ -234,71 +185,19 @@ class DistilBERT(nn.Module):
         """
         del token_type_ids  # no token-type embeddings in DistilBERT
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        param_dtype = jnp.dtype(cfg.param_dtype)
-        if inputs.ndim != 2:
-            raise ValueError(f"DistilBERT expects inputs [batch, length], got {inputs.shape}.")
-        batch, length = inputs.shape
-        if length > cfg.max_len:
-            raise ValueError(
-                f"Sequence length {length} exceeds max_len={cfg.max_len}; shorten the inputs or "
-                "build the model with a larger max_len."
-            )
+        encoder_parts.check_inputs("DistilBERT", inputs, cfg.max_len)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        common = dict(dtype=dtype, param_dtype=param_dtype)
-        token_embed = Embed(
-            cfg.vocab_size, cfg.embed_dim, embedding_init=init, name="token_embed", **common
+            positions = encoder_parts.arange_positions(inputs)
+        token_embed, x = encoder_parts.embed(cfg, inputs, positions, None, deterministic)
+        mask = encoder_parts.encoder_mask(attention_mask, segment_ids, inputs.shape[1])
+        per_layer = cfg.per_layer_outputs
+        result = encoder_parts.encode(
+            cfg, self.block_config(), x, mask, deterministic, per_layer_outputs=per_layer
         )
-        x = token_embed(inputs)  # [B, L, E]
-        x = x + PositionEmbed(
-            cfg.max_len, cfg.embed_dim, embedding_init=init, name="position_embed", **common
-        )(positions)
-        x = LayerNorm(epsilon=cfg.layer_norm_eps, name="embed_norm", **common)(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-        embedded = x
-
-        mask = masks.combine_masks(
-            None if attention_mask is None else masks.key_padding_mask(attention_mask, length),
-            None if segment_ids is None else masks.segment_mask(segment_ids),
-        )  # bool [B, 1, L, L] or None
-        stack = TransformerStack(
-            self.block_config(),
-            num_layers=cfg.num_layers,
-            scan=cfg.scan_layers,
-            remat=cfg.remat,
-            per_layer_outputs=cfg.per_layer_outputs,
-            name="encoder",
-        )
-        x = stack(x, mask, None, None, None, None, deterministic, False)
-        outputs: dict[str, jax.Array] = {}
-        if cfg.per_layer_outputs:
-            x, per_layer = x  # [B, L, E], {[N, B, L, E], [N, B, H, L, L]}
-            outputs["hidden_states"] = jnp.concatenate(
-                [embedded[None], per_layer["hidden_states"]]
-            ).astype(jnp.float32)  # [N + 1, B, L, E]
-            outputs["attention_scores"] = per_layer["attention_scores"]  # f32 [N, B, H, L, L]
-        outputs["hidden"] = x  # [B, L, E]
-
+        outputs = encoder_parts.encoder_outputs(result, x, per_layer)
         if cfg.mlm_head:
-            transform = DenseGeneral(
-                cfg.embed_dim, (axes.EMBED, axes.MLP), kernel_init=init, name="mlm_transform",
-                **common,
-            )
-            h = activation_fn(cfg.activation)(transform(x))  # [B, L, E]
-            h = LayerNorm(epsilon=cfg.layer_norm_eps, name="mlm_norm", **common)(h)
-            mlm_bias = self.param(
-                "mlm_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
-                (cfg.vocab_size,),
-                param_dtype,
-            )
-            logits = token_embed.attend(h) + jnp.asarray(mlm_bias, jnp.float32)  # f32 [B, L, V]
-            outputs["logits"] = nn.with_logical_constraint(
-                jnp.asarray(logits, jnp.float32), (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB)
+            outputs["logits"] = encoder_parts.mlm_logits(
+                self, cfg, outputs["hidden"], token_embed.attend
             )
         return outputs
 

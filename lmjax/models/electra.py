@@ -89,16 +89,12 @@ import jax
 import jax.numpy as jnp
 
 from lmjax import axes
-from lmjax.layers import masks
 from lmjax.layers.dense import DenseGeneral
 from lmjax.layers.embeddings import Embed, PositionEmbed, TypeEmbed
 from lmjax.layers.mlp import activation_fn
 from lmjax.layers.norms import LayerNorm
-from lmjax.layers.transformer import REMAT_POLICIES, BlockConfig, TransformerStack
-from lmjax.models import parameters
+from lmjax.models import encoder_parts, parameters
 from lmjax.objectives.replaced_token_detection import discriminator_inputs, gumbel_sample
-
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,32 +152,13 @@ class ElectraConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        problems = []
-        for width, heads in (("embed_dim", "num_heads"),
-                             ("generator_embed_dim", "generator_num_heads")):
-            if getattr(self, heads) > 0 and getattr(self, width) % getattr(self, heads):
-                problems.append(
-                    f"{width}={getattr(self, width)} is not divisible by "
-                    f"{heads}={getattr(self, heads)}"
-                )
-        for field in ("vocab_size", "max_len", "embedding_size", "num_layers", "embed_dim",
-                      "num_heads", "mlp_dim", "generator_num_layers", "generator_embed_dim",
-                      "generator_num_heads", "generator_mlp_dim"):
-            if getattr(self, field) <= 0:
-                problems.append(f"{field}={getattr(self, field)} must be positive")
-        if self.type_vocab_size < 0:
-            problems.append(f"type_vocab_size={self.type_vocab_size} must be >= 0")
+        sizes = ("vocab_size", "max_len", "embedding_size", "num_layers", "embed_dim", "num_heads",
+                 "mlp_dim", "generator_num_layers", "generator_embed_dim", "generator_num_heads",
+                 "generator_mlp_dim")
+        widths = (("embed_dim", "num_heads"), ("generator_embed_dim", "generator_num_heads"))
+        problems = encoder_parts.config_problems(self, sizes, widths, dropouts=False)
         if self.sampling_temperature <= 0:
             problems.append(f"sampling_temperature={self.sampling_temperature} must be > 0")
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                problems.append(f"{field}={getattr(self, field)!r} must be one of {_DTYPES}")
-        try:
-            activation_fn(self.activation)
-        except ValueError as error:
-            problems.append(str(error))
         if problems:
             raise ValueError("Invalid ElectraConfig: " + "; ".join(problems) + ".")
 
@@ -225,45 +202,6 @@ PRESETS: dict[str, ElectraConfig] = {
 }
 
 
-def _init(cfg: ElectraConfig):
-    return nn.initializers.truncated_normal(stddev=cfg.init_std)
-
-
-def _common(cfg: ElectraConfig) -> dict[str, Any]:
-    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
-
-def _block_config(cfg: ElectraConfig, width: int, heads: int, mlp: int) -> BlockConfig:
-    """A BERT post-LN block of the given width (generator or discriminator)."""
-    return BlockConfig(
-        num_heads=heads,
-        head_dim=width // heads,
-        mlp_dim=mlp,
-        activation=cfg.activation,
-        norm_placement="post",
-        norm_kind="layer",
-        norm_eps=cfg.layer_norm_eps,
-        use_bias=True,
-        attention_dropout=cfg.attention_dropout,
-        residual_dropout=cfg.hidden_dropout,
-        mlp_dropout=0.0,
-        kernel_init=_init(cfg),
-        out_kernel_init=_init(cfg),
-        bias_init=nn.initializers.zeros_init(),
-        **_common(cfg),
-    )
-
-
-def _check_inputs(cfg: ElectraConfig, inputs: jax.Array) -> None:
-    if inputs.ndim != 2:
-        raise ValueError(f"ELECTRA expects inputs [batch, length], got shape {inputs.shape}.")
-    if inputs.shape[1] > cfg.max_len:
-        raise ValueError(
-            f"Sequence length {inputs.shape[1]} exceeds max_len={cfg.max_len}; shorten the inputs "
-            "or build the model with a larger max_len."
-        )
-
-
 class ElectraEmbeddings(nn.Module):
     """The shared embeddings: word + position + type tables, LayerNorm and dropout, width M.
 
@@ -276,7 +214,8 @@ class ElectraEmbeddings(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         w = axes.FACTOR  # M has its own logical axis (see the module docstring)
-        common = dict(embedding_init=_init(cfg), **_common(cfg))
+        init, dtypes = encoder_parts.truncated_normal(cfg), encoder_parts.dtypes(cfg)
+        common = dict(embedding_init=init, **dtypes)
         m = cfg.embedding_size
         self.token_embed = Embed(cfg.vocab_size, m, table_axes=(axes.VOCAB, w), **common)
         self.position_embed = PositionEmbed(
@@ -286,7 +225,7 @@ class ElectraEmbeddings(nn.Module):
             self.type_embed = TypeEmbed(
                 cfg.type_vocab_size, m, table_axes=(axes.TYPE, w), **common
             )
-        self.embed_norm = LayerNorm(epsilon=cfg.layer_norm_eps, **_common(cfg))
+        self.embed_norm = LayerNorm(epsilon=cfg.layer_norm_eps, **dtypes)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def __call__(
@@ -297,14 +236,13 @@ class ElectraEmbeddings(nn.Module):
         deterministic: bool,
     ) -> jax.Array:
         """int [B, L] ids (types, positions default to zeros, arange) -> [B, L, M]."""
-        _check_inputs(self.config, inputs)
+        encoder_parts.check_inputs("ELECTRA", inputs, self.config.max_len)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+            positions = encoder_parts.arange_positions(inputs)
         x = self.token_embed(inputs) + self.position_embed(positions)  # [B, L, M]
-        if self.config.type_vocab_size:
-            if token_type_ids is None:
-                token_type_ids = jnp.zeros(inputs.shape, jnp.int32)
-            x = x + self.type_embed(token_type_ids)
+        types = encoder_parts.token_types(inputs, token_type_ids, self.config.type_vocab_size)
+        if types is not None:
+            x = x + self.type_embed(types)
         x = self.embed_norm(x)
         return self.dropout(x, deterministic=deterministic)
 
@@ -330,19 +268,23 @@ def _encode(
     """
     if cfg.embedding_size != width:
         x = DenseGeneral(
-            width, (axes.FACTOR, axes.EMBED), kernel_init=_init(cfg), name="embed_project",
-            **_common(cfg),
+            width, (axes.FACTOR, axes.EMBED), kernel_init=encoder_parts.truncated_normal(cfg),
+            name="embed_project", **encoder_parts.dtypes(cfg),
         )(x)  # [B, L, width]
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-    length = x.shape[1]
-    mask = None if attention_mask is None else masks.key_padding_mask(attention_mask, length)
-    return TransformerStack(
-        _block_config(cfg, width, heads, mlp),
-        num_layers=num_layers,
-        scan=cfg.scan_layers,
-        remat=cfg.remat,
-        name="encoder",
-    )(x, mask, None, None, None, None, deterministic, False)
+    mask = encoder_parts.encoder_mask(attention_mask, None, x.shape[1])
+    block = encoder_parts.post_ln_block(cfg, width, heads, mlp)
+    return encoder_parts.encode(cfg, block, x, mask, deterministic, num_layers)
+
+
+def _embeddings(network: nn.Module) -> ElectraEmbeddings:
+    """The network's ``shared_embeddings``, or its own ``embeddings`` subtree when it has none.
+
+    Called inside the network's compact ``__call__``.
+    """
+    if network.shared_embeddings is not None:
+        return network.shared_embeddings
+    return ElectraEmbeddings(network.config, name="embeddings")
 
 
 class ElectraGenerator(nn.Module):
@@ -368,29 +310,16 @@ class ElectraGenerator(nn.Module):
     ) -> dict[str, jax.Array]:
         """Returns ``{'hidden': [B, L, G], 'logits': float32 [B, L, V]}``."""
         cfg = self.config
-        embeddings = self.shared_embeddings
-        if embeddings is None:
-            embeddings = ElectraEmbeddings(cfg, name="embeddings")
+        embeddings = _embeddings(self)
         x = embeddings(inputs, token_type_ids, positions, deterministic)  # [B, L, M]
         x = _encode(
             cfg, x, attention_mask, deterministic, width=cfg.generator_embed_dim,
             heads=cfg.generator_num_heads, mlp=cfg.generator_mlp_dim,
             num_layers=cfg.generator_num_layers,
         )  # [B, L, G]
-        h = DenseGeneral(
-            cfg.embedding_size, (axes.EMBED, axes.FACTOR), kernel_init=_init(cfg),
-            name="mlm_transform", **_common(cfg),
-        )(x)  # [B, L, M]
-        h = activation_fn(cfg.activation)(h)
-        h = LayerNorm(epsilon=cfg.layer_norm_eps, name="mlm_norm", **_common(cfg))(h)
-        mlm_bias = self.param(
-            "mlm_bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
-            (cfg.vocab_size,),
-            jnp.dtype(cfg.param_dtype),
-        )
-        logits = embeddings.attend(h) + jnp.asarray(mlm_bias, jnp.float32)  # f32 [B, L, V]
-        logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB))
+        logits = encoder_parts.mlm_logits(
+            self, cfg, x, embeddings.attend, cfg.embedding_size, (axes.EMBED, axes.FACTOR)
+        )  # f32 [B, L, V], the transform G -> M
         return {"hidden": x, "logits": logits}
 
 
@@ -417,22 +346,16 @@ class ElectraDiscriminator(nn.Module):
     ) -> dict[str, jax.Array]:
         """Returns ``{'hidden': [B, L, E], 'logits': float32 [B, L]}`` (logit > 0: replaced)."""
         cfg = self.config
-        embeddings = self.shared_embeddings
-        if embeddings is None:
-            embeddings = ElectraEmbeddings(cfg, name="embeddings")
+        embeddings = _embeddings(self)
         x = embeddings(inputs, token_type_ids, positions, deterministic)  # [B, L, M]
         x = _encode(
             cfg, x, attention_mask, deterministic, width=cfg.embed_dim,
             heads=cfg.num_heads, mlp=cfg.mlp_dim, num_layers=cfg.num_layers,
         )  # [B, L, E]
-        h = DenseGeneral(
-            cfg.embed_dim, (axes.EMBED, axes.MLP), kernel_init=_init(cfg), name="head_transform",
-            **_common(cfg),
-        )(x)  # [B, L, E]
-        h = activation_fn(cfg.activation)(h)
-        out = DenseGeneral(
-            1, (axes.EMBED, axes.CLASSES), kernel_init=_init(cfg), name="head_out", **_common(cfg)
-        )(h)  # [B, L, 1]
+        dense = dict(kernel_init=encoder_parts.truncated_normal(cfg), **encoder_parts.dtypes(cfg))
+        h = DenseGeneral(cfg.embed_dim, (axes.EMBED, axes.MLP), name="head_transform", **dense)(x)
+        h = activation_fn(cfg.activation)(h)  # [B, L, E]
+        out = DenseGeneral(1, (axes.EMBED, axes.CLASSES), name="head_out", **dense)(h)  # [B, L, 1]
         return {"hidden": x, "logits": jnp.asarray(out[..., 0], jnp.float32)}
 
 

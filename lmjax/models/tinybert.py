@@ -49,13 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from lmjax import axes
-from lmjax.layers import masks
 from lmjax.layers.dense import DenseGeneral
-from lmjax.layers.embeddings import Embed, PositionEmbed, TypeEmbed
-from lmjax.layers.mlp import activation_fn
-from lmjax.layers.norms import LayerNorm
-from lmjax.layers.transformer import TransformerStack
-from lmjax.models import bert, parameters
+from lmjax.models import bert, encoder_parts, parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,100 +136,34 @@ class TinyBERT(bert.BERT):
           the outputs listed in the module docstring.
         """
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        param_dtype = jnp.dtype(cfg.param_dtype)
-        if inputs.ndim != 2:
-            raise ValueError(f"TinyBERT expects inputs [batch, length], got shape {inputs.shape}.")
-        batch, length = inputs.shape
-        if length > cfg.max_len:
-            raise ValueError(
-                f"Sequence length {length} exceeds max_len={cfg.max_len}; shorten the inputs or "
-                "build the model with a larger max_len."
-            )
-        if positions is None:
-            positions = self.default_positions(inputs)
-            if cfg.position_convention == "fairseq" and length + cfg.pad_token_id >= cfg.max_len:
-                raise ValueError(
-                    f"Sequence length {length} needs fairseq positions up to "
-                    f"{length + cfg.pad_token_id} but max_len={cfg.max_len}; shorten the inputs."
-                )
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros((batch, length), jnp.int32)
-
-        init = nn.initializers.truncated_normal(stddev=cfg.init_std)
-        common = dict(dtype=dtype, param_dtype=param_dtype)
-        token_embed = Embed(
-            cfg.vocab_size, cfg.embed_dim, embedding_init=init, name="token_embed", **common
+        encoder_parts.check_inputs("TinyBERT", inputs, cfg.max_len)
+        positions = self.checked_positions(inputs, positions)
+        types = encoder_parts.token_types(inputs, token_type_ids, cfg.type_vocab_size)
+        token_embed, x = encoder_parts.embed(cfg, inputs, positions, types, deterministic)
+        mask = encoder_parts.encoder_mask(attention_mask, segment_ids, inputs.shape[1])
+        per_layer = cfg.per_layer_outputs
+        result = encoder_parts.encode(
+            cfg, self.block_config(), x, mask, deterministic, per_layer_outputs=per_layer
         )
-        x = token_embed(inputs)  # [B, L, E]
-        x = x + PositionEmbed(
-            cfg.max_len, cfg.embed_dim, embedding_init=init, name="position_embed", **common
-        )(positions)
-        if cfg.type_vocab_size:
-            x = x + TypeEmbed(
-                cfg.type_vocab_size, cfg.embed_dim, embedding_init=init, name="type_embed", **common
-            )(token_type_ids)
-        x = LayerNorm(epsilon=cfg.layer_norm_eps, name="embed_norm", **common)(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-        embedded = x
-
-        mask = masks.combine_masks(
-            None if attention_mask is None else masks.key_padding_mask(attention_mask, length),
-            None if segment_ids is None else masks.segment_mask(segment_ids),
-        )  # bool [B, 1, L, L] or None
-        x = TransformerStack(
-            self.block_config(),
-            num_layers=cfg.num_layers,
-            scan=cfg.scan_layers,
-            remat=cfg.remat,
-            per_layer_outputs=cfg.per_layer_outputs,
-            name="encoder",
-        )(x, mask, None, None, None, None, deterministic, False)
-        outputs: dict[str, jax.Array] = {}
-        if cfg.per_layer_outputs:
-            x, per_layer = x  # [B, L, E], {[N, B, L, E], [N, B, H, L, L]}
-            outputs["hidden_states"] = jnp.concatenate(
-                [embedded[None], per_layer["hidden_states"]]
-            ).astype(jnp.float32)  # [N + 1, B, L, E]
-            outputs["attention_scores"] = per_layer["attention_scores"]  # f32 [N, B, H, L, L]
-        outputs["hidden"] = x  # [B, L, E]
-
-        hidden_axes = (axes.EMBED, axes.MLP)
+        outputs = encoder_parts.encoder_outputs(result, x, per_layer)
+        x = outputs["hidden"]  # [B, L, E]
         if cfg.fit_dense:
-            fit = DenseGeneral(cfg.teacher_dim, hidden_axes, kernel_init=init, name="fit_dense",
-                               **common)
+            fit = DenseGeneral(
+                cfg.teacher_dim,
+                (axes.EMBED, axes.MLP),
+                kernel_init=encoder_parts.truncated_normal(cfg),
+                name="fit_dense",
+                **encoder_parts.dtypes(cfg),
+            )
             outputs["fit_hidden"] = jnp.asarray(fit(x), jnp.float32)  # [B, L, T]
             if cfg.per_layer_outputs:
                 outputs["fit_hidden_states"] = jnp.asarray(
                     fit(outputs["hidden_states"]), jnp.float32
                 )  # [N + 1, B, L, T]
         if cfg.pooler:
-            pooler = DenseGeneral(cfg.embed_dim, hidden_axes, kernel_init=init, name="pooler",
-                                  **common)
-            pooled = jnp.tanh(pooler(x[:, 0]))  # [B, E]
-            outputs["pooled"] = pooled
-            if cfg.nsp_head:
-                nsp = DenseGeneral(
-                    2, (axes.EMBED, axes.CLASSES), kernel_init=init, name="nsp", **common
-                )(pooled)  # [B, 2]
-                outputs["nsp_logits"] = jnp.asarray(nsp, jnp.float32)
+            outputs.update(encoder_parts.pooled_outputs(cfg, x, "nsp" if cfg.nsp_head else None))
         if cfg.mlm_head:
-            transform = DenseGeneral(
-                cfg.embed_dim, hidden_axes, kernel_init=init, name="mlm_transform", **common
-            )
-            h = activation_fn(cfg.activation)(transform(x))  # [B, L, E]
-            h = LayerNorm(epsilon=cfg.layer_norm_eps, name="mlm_norm", **common)(h)
-            mlm_bias = self.param(
-                "mlm_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
-                (cfg.vocab_size,),
-                param_dtype,
-            )
-            logits = token_embed.attend(h) + jnp.asarray(mlm_bias, jnp.float32)  # f32 [B, L, V]
-            outputs["logits"] = nn.with_logical_constraint(
-                jnp.asarray(logits, jnp.float32), (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB)
-            )
+            outputs["logits"] = encoder_parts.mlm_logits(self, cfg, x, token_embed.attend)
         return outputs
 
 

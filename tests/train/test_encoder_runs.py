@@ -156,3 +156,12 @@ def test_tokenizer_without_mask_piece_is_a_clear_error(tmp_path, tiny_corpus):
     config = encoder_config(tiny_corpus, "bert.py", "--config.tokenizer.user_defined_symbols=[]")
     with pytest.raises(ValueError, match=r"\[MASK\].*user_defined_symbols"):
         loop.train(config, str(tmp_path))
+
+
+def test_generate_from_an_encoder_run_is_a_clear_error(teacher_workdir, capsys):
+    from lmjax import cli
+
+    assert cli.main(["generate", "--workdir", teacher_workdir, "--prompt", "def"]) == 2
+    err = capsys.readouterr().err
+    assert "trained a 'bert' model with the 'mlm_nsp' objective" in err
+    assert len(err.strip().splitlines()) == 1
