@@ -12,8 +12,9 @@ embedding and one shared layer)::
 
     lmjax train --config experiments/encoders/albert.py:size=tiny --workdir runs/albert_tiny
 
-Its MLM loss should fall over the 300 steps and its SOP accuracy rise above 50%; the README's
-encoder table has the measured figures next to BERT's.
+Its MLM loss should fall steadily and its SOP accuracy rise above 50% (in our 1140-step run:
+held-out MLM 6.04 at step 100 to 5.70, SOP accuracy 0.60); the README's encoder section has the
+figures next to BERT's.
 
 ``size=base`` / ``large`` / ``xlarge`` / ``xxlarge`` are the v2 shapes (12M / 18M / 60M / 235M
 parameters) with the README's recipe: LAMB at learning rate 0.00176, 3125 warmup steps, batch 4096

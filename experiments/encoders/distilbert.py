@@ -18,8 +18,9 @@ only the student: the teacher is frozen in the optimizer and runs without dropou
 ``stop_gradient``. The loss is the reference's ``5.0 x T^2 x KL(teacher_T || student_T) +
 2.0 x MLM + 1.0 x (1 - cos)`` at temperature 2 (``distiller.py``, README command), with
 RoBERTa-style dynamic masking of full-sentence rows (positions drawn uniformly: the reference's
-``mlm_smoothing`` towards rare tokens is not implemented). The student's MLM loss should fall below
-where its copied layers started and approach the teacher's own held-out MLM loss.
+``mlm_smoothing`` towards rare tokens is not implemented). The KL and cosine terms should fall and
+the student's MLM loss approach the teacher's (in our 300-step run from the 1000-step tiny BERT:
+KL 0.044 to 0.010, cosine 0.24 to 0.018, held-out MLM 5.386 against the teacher's 5.308).
 
 ``size=base`` distils BERT-base into the 66M-parameter DistilBERT with the reference's optimizer
 (AdamW betas (0.9, 0.98), eps 1e-6, learning rate 5e-4, 5% warmup, no weight decay, gradient
