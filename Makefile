@@ -31,7 +31,7 @@ demo: $(CORE_STAMP)
 	$(BIN)/python -m lmjax train --config experiments/gpt/demo.py --workdir $(WORKDIR)
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS) tests
 
 clean-runs:
 	rm -rf runs

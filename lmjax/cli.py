@@ -1,8 +1,10 @@
-"""The ``lmjax`` command: ``train``, ``generate``, ``plot`` and ``prepare`` over experiment files.
+"""The ``lmjax`` command: ``train``, ``finetune``, ``generate``, ``plot`` and ``prepare``.
 
 Examples::
 
     lmjax train --config experiments/gpt/gpt2.py:size=tiny --config.train.steps=50 --workdir runs/x
+    lmjax finetune --config experiments/finetune/docs.py:init=runs/bert_tiny --workdir runs/ft
+    lmjax fewshot --workdir runs/x --shots 0,1,4 --num_examples 50
     lmjax generate --workdir runs/x --prompt 'def parse(' --max_new_tokens 64 --top_k 40
     lmjax plot runs/x --out runs/x/loss.png
     lmjax prepare --config experiments/gpt/demo.py --workdir runs/demo
@@ -64,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     _add_distributed_flags(train)
 
+    finetune = commands.add_parser(
+        "finetune", allow_abbrev=False,
+        help="fine-tune a pre-trained run on a task (resumes; keeps the best epoch)",
+        description="Fine-tune the run named by the experiment's init.workdir on its task; extra "
+        "--config.<key>=<value> flags override the experiment's fields.",
+    )
+    _add_config_flags(finetune)
+    _add_distributed_flags(finetune)
+
     generate = commands.add_parser(
         "generate", allow_abbrev=False, help="sample from a trained run's latest checkpoint",
         description="Restore a run's checkpoint and tokenizer and print samples. Unset sampling "
@@ -78,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num_samples", type=int, help="how many continuations to print")
     generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     generate.add_argument("--step", type=int, help="checkpoint step to restore (default: latest)")
+
+    fewshot = commands.add_parser(
+        "fewshot", allow_abbrev=False,
+        help="zero / one / few-shot evaluation of a trained causal LM (the GPT-3 protocol)",
+        description="Score a trained run's latest checkpoint on the offline few-shot tasks "
+        "(multiple choice by likelihood, free-form answers by decoding) and print the table.",
+    )
+    fewshot.add_argument("--workdir", required=True, help="the run directory to evaluate")
+    fewshot.add_argument("--shots", default="0,1,4", help="demonstration counts, e.g. 0,1,4")
+    fewshot.add_argument("--num_examples", type=int, default=50,
+                         help="test examples per task (default 50)")
+    fewshot.add_argument("--seed", type=int, default=0, help="demonstration sampling seed")
+    fewshot.add_argument("--decoder", choices=("beam", "greedy"), default="beam",
+                         help="free-form answers: beam search (width 4, length penalty 0.6) "
+                         "or greedy")
 
     plot = commands.add_parser(
         "plot", allow_abbrev=False, help="plot a run's train/eval loss to a PNG",
@@ -185,6 +211,47 @@ def run_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``lmjax finetune``: loads and overrides the fine-tuning experiment, then runs it."""
+    _initialize_distributed(args)
+    try:
+        config = load_experiment(args.config)
+        apply_overrides(config, overrides)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:
+        raise UsageError(f"{args.config}: {error}") from None
+    from lmjax.train import finetune
+    from lmjax.train.checkpoints import CheckpointError
+
+    try:
+        finetune.finetune(config, args.workdir)  # prints its own summary line on process 0
+    except CheckpointError:
+        raise
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        raise UsageError(f"{error} (set {DEBUG_ENV}=1 for the traceback)") from None
+    return 0
+
+
+def run_fewshot(args: argparse.Namespace) -> int:
+    """``lmjax fewshot``: prints the zero / one / few-shot table of a trained run."""
+    try:
+        shots = tuple(int(k) for k in args.shots.split(","))
+    except ValueError:
+        raise UsageError(f"--shots={args.shots!r}: give comma-separated counts, e.g. 0,1,4") from None
+    from lmjax.eval.few_shot import evaluate_trained_run
+
+    try:
+        table = evaluate_trained_run(args.workdir, shots, args.num_examples, args.seed,
+                                     free_form_decoder=args.decoder)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    print(table)
+    return 0
+
+
 def run_prepare(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """``lmjax prepare``: opens the documents and trains (or loads) the tokenizer."""
     config = loaded_config(args.config, overrides)
@@ -289,14 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
-        if args.command in ("train", "prepare"):
-            return run_train(args, extras) if args.command == "train" else run_prepare(args, extras)
+        if args.command in ("train", "prepare", "finetune"):
+            run = {"train": run_train, "prepare": run_prepare, "finetune": run_finetune}
+            return run[args.command](args, extras)
         if extras:
             raise UsageError(
                 f"unrecognized arguments: {' '.join(extras)} (see `lmjax {args.command} --help`)"
             )
         if args.command == "plot":
             return run_plot(args)
+        if args.command == "fewshot":
+            return run_fewshot(args)
         return run_generate(args)
     except UsageError as error:
         print(f"lmjax: error: {_one_line_message(error)}", file=sys.stderr)

@@ -62,6 +62,12 @@ def _assert_one_line_error(err, fragment):
      "No checkpoints in /nonexistent/run/checkpoints"),
     (["generate", "--workdir", "x", "--top_k", "many"],
      "argument --top_k: invalid int value: 'many'"),
+    (["fewshot", "--workdir", "x", "--shots", "a,b"], "--shots='a,b': give comma-separated"),
+    (["fewshot", "--workdir", "/nonexistent/run"], "No checkpoints in /nonexistent/run"),
+    (["finetune", "--config", "experiments/finetune/docs.py:task=nope", "--workdir", "x"],
+     "unknown task 'nope'"),
+    (["finetune", "--config", "experiments/finetune/docs.py", "--workdir", "x"],
+     "config.init.workdir is empty"),
 ])
 def test_usage_errors_print_one_line_and_exit_2(capsys, monkeypatch, tmp_path, argv, fragment):
     monkeypatch.chdir(tmp_path)  # relative workdirs land in the test's directory
@@ -182,6 +188,12 @@ def _check_generate_plot_and_prepare(capfd, workdir):
     _assert_one_line_error(err, "No checkpoint for step 1")
     status, out, _ = _run_main(capfd, ["plot", workdir])
     assert status == 0 and out.strip().endswith("loss.png")
+    status, out, err = _run_main(capfd, [
+        "fewshot", "--workdir", workdir, "--shots", "0,1", "--num_examples", "2",
+        "--decoder", "greedy",
+    ])
+    assert status == 0, err
+    assert "few-shot evaluation of" in out and "multiple" in out and "free" in out
     status, out, _ = _run_main(
         capfd, ["prepare", "--config", DEMO, "--workdir", workdir, *_TINY_RUN]
     )

@@ -10,11 +10,19 @@ from lmjax import axes, models
 from lmjax.config import ConfigError, apply_overrides, load_experiment, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENT_FILES = sorted(
+ALL_EXPERIMENT_FILES = sorted(
     os.path.relpath(path, REPO)
     for path in glob.glob(os.path.join(REPO, "experiments", "*", "*.py"))
     if not os.path.basename(path).startswith("_")
 )
+# Fine-tuning experiments start from a pre-training run: checked in their own tests below.
+FINETUNE_DIR = "experiments/finetune/"
+EXPERIMENT_FILES = [p for p in ALL_EXPERIMENT_FILES if not p.startswith(FINETUNE_DIR)]
+FINETUNE_VARIANTS = {
+    "experiments/finetune/docs.py": ["task=docs_package", "task=docs_consecutive",
+                                     "task=docs_continuation,epochs=3,lr=3e-5"],
+    "experiments/finetune/squad.py": ["version=1.1", "version=2.0,seq_len=128,doc_stride=32"],
+}
 VARIANTS = {
     "experiments/gpt/gpt1.py": ["size=tiny", "size=base", "size=tiny,recipe=finetune",
                                 "size=base,recipe=finetune"],
@@ -44,6 +52,37 @@ SPECS = [
 
 def test_every_experiment_file_is_covered():
     assert EXPERIMENT_FILES == sorted(VARIANTS), "add the new experiment's variants to VARIANTS"
+    finetune_files = [p for p in ALL_EXPERIMENT_FILES if p.startswith(FINETUNE_DIR)]
+    assert finetune_files == sorted(FINETUNE_VARIANTS), "add them to FINETUNE_VARIANTS"
+
+
+def _fake_run(directory, family):
+    """A directory with the config.json of a pre-training run of ``family`` (what the
+    fine-tuning experiments read to pick their recipe)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write('{"model": {"family": "%s"}}' % family)
+    return str(directory)
+
+
+@pytest.mark.parametrize("spec", [f"{path}:{arg}" for path, args in FINETUNE_VARIANTS.items()
+                                  for arg in args])
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_finetune_experiment_loads_and_checks(spec, family, tmp_path):
+    from lmjax.train.finetune import check_finetune_config
+
+    init = _fake_run(tmp_path / "run", family)
+    config = load_experiment(f"{spec},init={init}")
+    check_finetune_config(config)
+    assert config.is_locked and config.init.workdir == init
+    assert config.mesh == [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    gpt1_recipe = family == "gpt" and "docs.py" in spec
+    # GPT-1 train.py: warm-up over 0.2% and lm_coef 0.5; BERT run_classifier.py: 10%
+    assert config.train.warmup_fraction == (0.002 if gpt1_recipe else 0.1)
+    assert config.optimizer.schedule == "warmup_linear"
+    with open(os.path.join(REPO, spec.split(":")[0])) as f:
+        docstring = ast.get_docstring(ast.parse(f.read()))
+    assert "lmjax finetune" in docstring and "should" in docstring
 
 
 @pytest.mark.parametrize("spec", SPECS)

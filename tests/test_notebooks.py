@@ -8,8 +8,9 @@ whatever other ``python3`` kernels are installed. A cell that raises fails the t
 cell's source and traceback.
 
 The notebooks read ``LMJAX_NOTEBOOK_STEPS`` and ``LMJAX_NOTEBOOK_WORKDIR`` (01: here it trains a
-few steps into a temporary directory) and ``LMJAX_NOTEBOOK_DRAWS`` (02: here it draws each masking
-rule a few times). After the run, the notebook's own check (``OUTPUT_CHECKS``) looks at what it
+few steps into a temporary directory), ``LMJAX_NOTEBOOK_DRAWS`` (02: here it draws each masking
+rule a few times) and ``LMJAX_NOTEBOOK_EPOCHS`` / ``LMJAX_NOTEBOOK_EXAMPLES`` (03: one epoch of
+64 fine-tuning examples). After the run, the notebook's own check (``OUTPUT_CHECKS``) looks at what it
 left behind: a plot file, or the table it printed.
 """
 
@@ -30,6 +31,7 @@ KERNEL = "python3"
 CELL_TIMEOUT_S = 300  # one cell, e.g. the training run: compiling on a busy CPU included
 STEPS = 3
 DRAWS = 20
+FINETUNE_EXAMPLES = 64  # 03: two batches of fine-tuning
 
 
 def test_there_are_notebooks():
@@ -71,10 +73,18 @@ def _masking_rules_printed_their_rates(notebook, tmp_path):
         assert row.count("±") == 4, f"expected 4 cells of measured (expected ± SE): {row}"
 
 
+def _finetuning_printed_epochs_and_predictions(notebook, tmp_path):
+    printed = _printed(notebook)
+    assert "best epoch 1: accuracy" in printed, printed[-2000:]
+    assert printed.count("predicted") >= 6 and "confusion (rows: true" in printed
+    assert os.path.isfile(tmp_path / "run" / "docs_package" / "results.json")
+
+
 # What each notebook must leave behind besides running without errors.
 OUTPUT_CHECKS = {
     "01_tiny_gpt.ipynb": _tiny_gpt_plotted_its_loss,
     "02_masking_rules.ipynb": _masking_rules_printed_their_rates,
+    "03_finetune_docs_task.ipynb": _finetuning_printed_epochs_and_predictions,
 }
 
 
@@ -91,6 +101,8 @@ def test_notebook_runs_without_errors(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LMJAX_NOTEBOOK_STEPS", str(STEPS))
     monkeypatch.setenv("LMJAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("LMJAX_NOTEBOOK_DRAWS", str(DRAWS))
+    monkeypatch.setenv("LMJAX_NOTEBOOK_EPOCHS", "1")
+    monkeypatch.setenv("LMJAX_NOTEBOOK_EXAMPLES", str(FINETUNE_EXAMPLES))
 
     notebook = nbformat.read(path, as_version=4)
     assert notebook.metadata.kernelspec.name == KERNEL, "save the notebook with the python3 kernel"

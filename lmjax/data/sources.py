@@ -116,7 +116,11 @@ class DecodedTextField(Sequence[str]):
 # --- TFDS -----------------------------------------------------------------------------------
 
 
-def _unprepared_tfds_message(name: str, split: str, data_dir: str, reason: str) -> str:
+LM_ALTERNATIVE = "train on the embedded corpus instead: data.source='python_docs'"
+
+
+def _unprepared_tfds_message(name: str, split: str, data_dir: str, reason: str,
+                             setting: str, alternative: str) -> str:
     dataset = name.split(":", 1)[0]
     return (
         f"The TFDS dataset {name!r} (split {split!r}) is not usable from data_dir {data_dir!r}: "
@@ -125,13 +129,19 @@ def _unprepared_tfds_message(name: str, split: str, data_dir: str, reason: str) 
         f"      tfds build {dataset} --data_dir={data_dir} --file_format=array_record\n"
         f"    (array_record is required: reading without TensorFlow needs random access), then "
         f"copy {os.path.join(data_dir, dataset.split('/')[0])} to this machine and set "
-        f"data.data_dir to its parent; or\n"
-        f"  * train on the embedded corpus instead: data.source='python_docs'."
+        f"{setting} to its parent; or\n"
+        f"  * {alternative}."
     )
 
 
-def _diagnose_tfds_failure(name: str, split: str, data_dir: str, error: Exception) -> Exception:
-    """Returns the error to raise after ``tfds.data_source`` failed on ``name``."""
+def diagnosed_tfds_failure(
+    name: str, split: str, data_dir: str, error: Exception, *,
+    setting: str = "data.data_dir", alternative: str = LM_ALTERNATIVE,
+) -> Exception:
+    """Returns the error to raise after ``tfds.data_source`` failed on ``name``: for a dataset
+    that is missing or not prepared as array_record, a ``FileNotFoundError`` naming the
+    ``tfds build`` command, the config ``setting`` to point at it and an offline
+    ``alternative``; else ``error`` itself."""
     dataset_dir = os.path.join(data_dir, *name.split(":", 1)[0].split("/"))
     info_files = glob.glob(os.path.join(dataset_dir, "**", "dataset_info.json"), recursive=True)
     if not os.path.isdir(data_dir):
@@ -146,7 +156,8 @@ def _diagnose_tfds_failure(name: str, split: str, data_dir: str, error: Exceptio
         )
     else:
         return error  # prepared and readable in principle: the original error says more
-    return FileNotFoundError(_unprepared_tfds_message(name, split, data_dir, reason))
+    return FileNotFoundError(
+        _unprepared_tfds_message(name, split, data_dir, reason, setting, alternative))
 
 
 class _RecordHolder(logging.Handler):
@@ -161,7 +172,7 @@ class _RecordHolder(logging.Handler):
 
 
 @contextlib.contextmanager
-def _held_log_records(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+def held_log_records(logger_name: str) -> Iterator[list[logging.LogRecord]]:
     """Holds back what ``logger_name`` logs inside the block and passes it on when the block ends.
 
     Yields the list of held records: the block drops them by clearing it. TFDS logs warnings
@@ -199,11 +210,11 @@ def tfds_documents(name: str, split: str, data_dir: str, text_key: str) -> Decod
     """
     import tensorflow_datasets as tfds
 
-    with _held_log_records("absl") as tfds_warnings:
+    with held_log_records("absl") as tfds_warnings:
         try:
             records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as error:  # tfds raises several unrelated types for "not prepared"
-            diagnosed = _diagnose_tfds_failure(name, split, data_dir, error)
+            diagnosed = diagnosed_tfds_failure(name, split, data_dir, error)
             if diagnosed is error:
                 raise
             tfds_warnings.clear()  # the diagnosis says more than the folders TFDS probed

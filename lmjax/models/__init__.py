@@ -35,6 +35,7 @@ FAMILIES: dict[str, str] = {
     "distilbert": "lmjax.models.distilbert",
     "tinybert": "lmjax.models.tinybert",
     "teacher_student": "lmjax.models.teacher_student",
+    "task": "lmjax.models.heads",
 }
 
 

@@ -83,6 +83,15 @@ def _distillation(kind: str) -> Callable[..., Objective]:
     return factory
 
 
+def _task(head: str) -> Callable[..., Objective]:
+    def factory(*, model_inputs: Any, lm_coef: float = 0.0) -> Objective:
+        from lmjax.objectives import task_losses
+
+        return task_losses.task_objective(head, model_inputs=model_inputs, lm_coef=lm_coef)
+
+    return factory
+
+
 # name -> a factory taking the objective's options as keywords (imports stay lazy). Without
 # options the MLM family masks the BERT uncased vocabulary (mask 103, 30522 ids).
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
@@ -94,6 +103,12 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "distilbert": _distillation("distilbert"),
     "tinybert_intermediate": _distillation("tinybert_intermediate"),
     "tinybert_prediction": _distillation("tinybert_prediction"),
+    # Fine-tuning heads (lmjax.models.heads); options model_inputs (required) and lm_coef.
+    "classification": _task("classification"),
+    "regression": _task("regression"),
+    "multiple_choice": _task("multiple_choice"),
+    "span_extraction": _task("span"),
+    "token_classification": _task("token_classification"),
 }
 # Objectives that mask tokens -> the vocabulary options their factory takes; the train loop fills
 # them from the tokenizer (``mask_id``, ``vocab_size``, ``special_ids``) unless the experiment

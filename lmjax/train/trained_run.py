@@ -105,13 +105,16 @@ def one_device_abstract_params(
     shapes come from ``jax.eval_shape`` of ``model.init``.
     """
     device = device if device is not None else jax.local_devices()[0]
+    # A family may need grouped dummy inputs (lmjax.models.heads: [1, choices, 1]).
+    shape_of = getattr(models.family_module(config.model.family), "init_input_shape", None)
+    shape = shape_of(model.config) if shape_of else (1, 1)
     mesh = mesh_lib.build_mesh([(row[0], 1) for row in config.mesh], devices=[device])
     rules = mesh_lib.check_rules(config.rules, mesh)
     with nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(
             lambda key: model.init(
                 {"params": key, "dropout": key, "sample": key},
-                jnp.zeros((1, 1), jnp.int32),
+                jnp.zeros(shape, jnp.int32),
                 deterministic=True,
             )["params"],
             jax.random.key(0),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lmjax import decoding
+from lmjax.decoding import left_padded_prompts
 from lmjax.decoding import sampling
 from lmjax.models import gpt
 
@@ -60,16 +61,6 @@ def _naive_greedy(prompt, num_new, scan_layers=True):
     return tokens[len(prompt):], total
 
 
-def _left_padded(prompts, pad=0):
-    length = max(len(p) for p in prompts)
-    tokens = np.full((len(prompts), length), pad, np.int32)
-    mask = np.zeros((len(prompts), length), np.int32)
-    for row, prompt in enumerate(prompts):
-        tokens[row, length - len(prompt):] = prompt
-        mask[row, length - len(prompt):] = 1
-    return tokens, mask
-
-
 PROMPTS = ([5, 6, 7], [1, 2, 3, 4, 5, 6], [40, 41, 42, 43, 44])
 
 
@@ -78,7 +69,7 @@ def test_greedy_matches_naive_full_forward_loop(scan_layers):
     # The reference runs each prompt alone, unpadded, so this also checks that a left-padded
     # batch continues every prompt exactly as it would be continued on its own.
     model, params = _model_and_params(scan_layers)
-    tokens, mask = _left_padded(PROMPTS)
+    tokens, mask = left_padded_prompts(PROMPTS, 0)
     num_new = 8
     out, scores = decoding.generate_with_scores(
         model, params, tokens, mask, max_new_tokens=num_new, greedy=True
@@ -95,7 +86,7 @@ def test_greedy_matches_naive_full_forward_loop(scan_layers):
 
 def test_eos_stops_each_row_and_pads_the_rest():
     model, params = _model_and_params()
-    tokens, mask = _left_padded(PROMPTS)
+    tokens, mask = left_padded_prompts(PROMPTS, 0)
     num_new, width = 8, tokens.shape[1]
     free = np.asarray(decoding.generate(model, params, tokens, mask, None, num_new, greedy=True))
     new = free[:, width:]
@@ -117,7 +108,7 @@ def test_eos_stops_each_row_and_pads_the_rest():
 
 def test_every_row_done_gives_eos_then_padding():
     model, params = _model_and_params()
-    tokens, mask = _left_padded([PROMPTS[1]] * 3)  # same shape as the other tests: no recompile
+    tokens, mask = left_padded_prompts([PROMPTS[1]] * 3, 0)  # the other tests' shape: no recompile
     free = np.asarray(decoding.generate(model, params, tokens, mask, None, 8, greedy=True))
     first = int(free[0, 6])
     state = jax.jit(
@@ -132,7 +123,7 @@ def test_every_row_done_gives_eos_then_padding():
 
 def test_sampling_is_reproducible_and_key_dependent():
     model, params = _model_and_params()
-    tokens, mask = _left_padded(PROMPTS)
+    tokens, mask = left_padded_prompts(PROMPTS, 0)
     sample = functools.partial(
         decoding.generate, model, params, tokens, mask, max_new_tokens=8, temperature=1.5
     )
@@ -188,7 +179,7 @@ def test_zero_new_tokens_returns_prompts():
 
 def test_bad_inputs_raise_clear_errors():
     model, params = _model_and_params()
-    tokens, mask = _left_padded(PROMPTS)
+    tokens, mask = left_padded_prompts(PROMPTS, 0)
     with pytest.raises(ValueError, match="LEFT-padded"):
         decoding.generate(model, params, tokens, mask[:, ::-1], None, 4, greedy=True)
     with pytest.raises(ValueError, match="max_len"):
