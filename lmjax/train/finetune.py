@@ -328,8 +328,18 @@ def evaluate_split(split: EncodedSplit, global_batch, predict, eval_step, params
     n = len(split.arrays["example_weights"])
     outputs = {name: np.concatenate([o[name] for o in outputs])[:n] for name in outputs[0]}
     scores = dict(split.score(outputs))
-    scores.update({f"objective_{k}": v for k, v in step_lib.eval_means(totals).items()})
+    means = step_lib.eval_means(totals)
+    means["num_examples"] = means.pop("num_tokens")  # the task losses count examples
+    scores.update({f"objective_{k}": v for k, v in means.items()})
     return scores
+
+
+def examples_counted(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Train metrics with the step's ``num_tokens`` (which the sequence heads' losses fill with
+    the number of examples) named ``num_examples``, so the bar does not report it as tokens/s."""
+    metrics = dict(metrics)
+    metrics["num_examples"] = metrics.pop("num_tokens")
+    return metrics
 
 
 def write_json_atomically(path: str, value: Any) -> None:
@@ -382,6 +392,86 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class FinetuneSetup:
+    """Everything a fine-tuning run builds before its first step (see ``finetune_setup``)."""
+
+    task: FinetuneTask
+    backbone: TrainedRun
+    run_config: ml_collections.ConfigDict
+    model: Any
+    objective: objectives.Objective
+    model_inputs: tuple[str, ...]
+    train_arrays: dict[str, np.ndarray]
+    eval_split: EncodedSplit
+    steps_per_epoch: int
+    tx: Any
+    schedule: Any
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.run_config.train.epochs
+
+    def init_inputs(self) -> dict[str, jax.Array]:
+        """One-row model inputs (zeros) for initialisation."""
+        return {name: jnp.zeros((1,) + self.train_arrays[name].shape[1:],
+                                self.train_arrays[name].dtype) for name in self.model_inputs}
+
+
+def finetune_setup(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
+    """Loads the backbone and the task, encodes both splits in the backbone's format and builds
+    the task model, its objective and the optimizer (warm-up over ``train.warmup_fraction``)."""
+    backbone = (imported_backbone(config.init.hf_dir) if config.init.hf_dir
+                else pretrained_backbone(config.init))
+    task = load_task(config.task)
+    tokenizer, family = backbone.tokenizer, backbone.config.model.family
+    fmt, appended = input_format(family, tokenizer, backbone.config.model.vocab_size,
+                                 config.task.seq_len)
+    model_cfg = task_model_config(config, backbone.config.model, task, fmt, appended)
+    model_inputs = DECODER_INPUTS if family == "gpt" else ENCODER_INPUTS
+    lm_coef = float(config.objective.lm_coef) if family == "gpt" else 0.0
+    objective = objectives.get(HEAD_OBJECTIVE[task.head], model_inputs=model_inputs,
+                               lm_coef=lm_coef)
+    train_arrays = task.encode(task.train, tokenizer, fmt, True).arrays
+    eval_split = task.encode(task.evaluation, tokenizer, fmt, False)
+    for arrays in (train_arrays, eval_split.arrays):
+        check_token_ids({"inputs": arrays["inputs"]}, dict(model_cfg.backbone)["vocab_size"])
+    train_rows = len(train_arrays["example_weights"])
+    steps_per_epoch = train_rows // config.train.global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the task has {train_rows} training rows, fewer than one batch of "
+            f"train.global_batch={config.train.global_batch}; lower the batch size."
+        )
+    total_steps = steps_per_epoch * config.train.epochs
+    opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+    opt_cfg.warmup_steps = int(round(config.train.warmup_fraction * total_steps))
+    return FinetuneSetup(
+        task=task, backbone=backbone,
+        run_config=run_config(config, backbone, model_cfg, fmt, task, workdir),
+        model=models.build(model_cfg), objective=objective, model_inputs=model_inputs,
+        train_arrays=train_arrays, eval_split=eval_split, steps_per_epoch=steps_per_epoch,
+        tx=make_optimizer(opt_cfg, total_steps), schedule=make_schedule(opt_cfg, total_steps),
+    )
+
+
+def train_epoch(setup: FinetuneSetup, state, epoch: int, train_step, key, mesh, rules, logger):
+    """Returns the state after one epoch over a fresh shuffle of the training rows (seeded by
+    ``(train.seed, epoch)``; step ``s`` uses ``fold_in(key, s)``); the last partial batch is
+    dropped."""
+    cfg = setup.run_config.train
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(
+        len(setup.train_arrays["example_weights"]))
+    for index in range(setup.steps_per_epoch):
+        step = epoch * setup.steps_per_epoch + index
+        rows = order[index * cfg.global_batch : (index + 1) * cfg.global_batch]
+        batch = step_lib.host_batch_to_global(host_rows(setup.train_arrays, rows), mesh, rules)
+        state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
+        if (step + 1) % cfg.log_every == 0 or index == setup.steps_per_epoch - 1:
+            logger.log(step + 1, examples_counted(jax.device_get(metrics)))
+    return state
+
+
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes (or resumes) the experiment ``config`` in ``workdir``; returns the results.
 
@@ -392,43 +482,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     check_finetune_config(config)
     workdir = os.path.abspath(workdir)
     mesh, rules = build_mesh_and_rules(config)
-    backbone = (imported_backbone(config.init.hf_dir) if config.init.hf_dir
-                else pretrained_backbone(config.init))
-    task = load_task(config.task)
-    tokenizer = backbone.tokenizer
-    family = backbone.config.model.family
-    fmt, appended = input_format(family, tokenizer, backbone.config.model.vocab_size,
-                                 config.task.seq_len)
-    model_cfg = task_model_config(config, backbone.config.model, task, fmt, appended)
-    full_config = run_config(config, backbone, model_cfg, fmt, task, workdir)
-    model = models.build(model_cfg)
-    model_inputs = DECODER_INPUTS if family == "gpt" else ENCODER_INPUTS
-    lm_coef = float(config.objective.lm_coef) if family == "gpt" else 0.0
-    objective = objectives.get(HEAD_OBJECTIVE[task.head], model_inputs=model_inputs,
-                               lm_coef=lm_coef)
-
-    train_arrays = task.encode(task.train, tokenizer, fmt, True).arrays
-    eval_split = task.encode(task.evaluation, tokenizer, fmt, False)
-    vocab = dict(model_cfg.backbone)["vocab_size"]
-    for arrays in (train_arrays, eval_split.arrays):
-        check_token_ids({"inputs": arrays["inputs"]}, vocab)
-    global_batch = config.train.global_batch
-    train_rows = len(train_arrays["example_weights"])
-    steps_per_epoch = train_rows // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"the task has {train_rows} training rows, fewer than one batch of "
-            f"train.global_batch={global_batch}; lower the batch size."
-        )
-    total_steps = steps_per_epoch * config.train.epochs
-    opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-    opt_cfg.warmup_steps = int(round(config.train.warmup_fraction * total_steps))
-    schedule = make_schedule(opt_cfg, total_steps)
-    tx = make_optimizer(opt_cfg, total_steps)
-
-    init_inputs = {name: jnp.zeros((1,) + train_arrays[name].shape[1:], train_arrays[name].dtype)
-                   for name in model_inputs}
+    setup = finetune_setup(config, workdir)
+    task, model, tx = setup.task, setup.model, setup.tx
     keys = jax.random.split(jax.random.key(config.train.seed), 3)  # params, steps, eval
+    init_inputs = setup.init_inputs()
     abstract, shardings = abstract_train_state(model, tx, init_inputs, mesh, rules)
     checkpointer = Checkpointer(checkpoint_directory(workdir), keep=1)
     best_checkpointer = Checkpointer(checkpoint_directory(os.path.join(workdir, BEST_DIR)), keep=1)
@@ -437,34 +494,27 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if checkpointer.latest_step() is None:
             state, _ = init_state(model, tx, init_inputs, mesh, rules, keys[0], shardings)
             state = state_with_backbone(state, shardings, tx, model, init_inputs,
-                                        backbone.params, keys[0], mesh)
+                                        setup.backbone.params, keys[0], mesh)
             progress = Progress()
         else:
             state, extra = checkpointer.restore(abstract)
             progress = Progress(**extra["progress"])
         if distributed.is_main_process():
-            copy_run_files(full_config, backbone, workdir)
-            copy_run_files(full_config, backbone, os.path.join(workdir, BEST_DIR))
+            for directory in (workdir, os.path.join(workdir, BEST_DIR)):
+                copy_run_files(setup.run_config, setup.backbone, directory)
         distributed.barrier("lmjax_finetune_files")
-        logger = MetricsLogger(workdir, total_steps, enabled=distributed.is_main_process())
-        train_step = step_lib.make_train_step(model, objective, tx, schedule, mesh, rules,
-                                              shardings)
-        eval_step = step_lib.make_eval_step(model, objective, mesh, rules, shardings.params)
-        predict = make_predict_step(model, model_inputs, mesh, rules, shardings.params)
-        for epoch in range(int(state.step) // steps_per_epoch, config.train.epochs):
-            order = np.random.default_rng([config.train.seed, epoch]).permutation(train_rows)
-            for index in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + index
-                rows = order[index * global_batch : (index + 1) * global_batch]
-                batch = step_lib.host_batch_to_global(host_rows(train_arrays, rows), mesh, rules)
-                state, metrics = train_step(state, batch, jax.random.fold_in(keys[1], step))
-                if (step + 1) % config.train.log_every == 0 or index == steps_per_epoch - 1:
-                    logger.log(step + 1, jax.device_get(metrics))
-            scores = evaluate_split(eval_split, global_batch, predict, eval_step, state.params,
-                                    mesh, rules, keys[2])
+        logger = MetricsLogger(workdir, setup.total_steps, enabled=distributed.is_main_process())
+        train_step = step_lib.make_train_step(model, setup.objective, tx, setup.schedule, mesh,
+                                              rules, shardings)
+        eval_step = step_lib.make_eval_step(model, setup.objective, mesh, rules, shardings.params)
+        predict = make_predict_step(model, setup.model_inputs, mesh, rules, shardings.params)
+        for epoch in range(int(state.step) // setup.steps_per_epoch, config.train.epochs):
+            state = train_epoch(setup, state, epoch, train_step, keys[1], mesh, rules, logger)
+            scores = evaluate_split(setup.eval_split, config.train.global_batch, predict,
+                                    eval_step, state.params, mesh, rules, keys[2])
             logger.log(int(state.step), scores, split="eval")
             progress.epochs.append(dict(scores, epoch=epoch + 1, step=int(state.step)))
-            extra = {"progress": progress.as_dict(), "config": config_to_json(full_config)}
+            extra = {"progress": progress.as_dict(), "config": config_to_json(setup.run_config)}
             if progress.improved_by(scores[task.main_metric]):
                 progress.best_epoch, progress.best_score = epoch + 1, scores[task.main_metric]
                 extra["progress"] = progress.as_dict()
@@ -480,6 +530,11 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         best_checkpointer.close()
         if logger is not None:
             logger.close()
+    return _reported_result(progress, task, workdir)
+
+
+def _reported_result(progress: Progress, task: FinetuneTask, workdir: str) -> dict[str, Any]:
+    """The run's result dict; process 0 prints its summary line."""
     result = dict(progress.as_dict(), task=task.name, main_metric=task.main_metric,
                   workdir=workdir, best_dir=os.path.join(workdir, BEST_DIR))
     if distributed.is_main_process():
