@@ -15,6 +15,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from lmjax import convert, models  # noqa: E402
 from lmjax.models import albert  # noqa: E402
+from tests.hf_reference import noised  # noqa: E402
 
 TINY = dict(
     vocab_size=97,
@@ -28,19 +29,6 @@ TINY = dict(
     attn_implementation="eager",
 )
 TOL = 1e-4
-
-
-def _noised(model, seed):
-    """Puts noise on every parameter (LayerNorm gains 1 + noise) so no weight is at its init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = 0.1 * torch.randn(param.shape, generator=generator)
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
-                param.copy_(1.0 + noise)
-            else:
-                param.copy_(noise)
-    return model.eval()
 
 
 def _save(model, directory):
@@ -89,7 +77,7 @@ def _pretraining(directory, num_groups, seed):
     torch.manual_seed(seed)
     config = transformers.AlbertConfig(**TINY, num_hidden_groups=num_groups)
     assert config.hidden_act == "gelu_new"  # ALBERT's default: the tanh GELU
-    model = _noised(transformers.AlbertForPreTraining(config), seed=seed + 1)
+    model = noised(transformers.AlbertForPreTraining(config), seed=seed + 1)
     return model, _save(model, directory)
 
 
@@ -172,8 +160,8 @@ def test_parity_tolerance_tells_the_variants_apart(albert_pretraining, albert_tw
 def test_albert_masked_lm_and_bare_model_match_hf(tmp_path):
     torch.manual_seed(4)
     config = transformers.AlbertConfig(**TINY)
-    mlm = _noised(transformers.AlbertForMaskedLM(config), seed=5)
-    encoder = _noised(transformers.AlbertModel(config), seed=6)
+    mlm = noised(transformers.AlbertForMaskedLM(config), seed=5)
+    encoder = noised(transformers.AlbertModel(config), seed=6)
     ids, mask, types = _batch(TINY["vocab_size"], seed=1)
     with torch.no_grad():
         mlm_ref = mlm(**_torch_inputs(ids, mask, types))
@@ -199,7 +187,7 @@ def test_unsharing_config_uses_the_stacked_layout(tmp_path):
     """num_hidden_groups == num_hidden_layers shares nothing: BERT's scanned [N, ...] layout."""
     torch.manual_seed(7)
     config = transformers.AlbertConfig(**{**TINY, "num_hidden_layers": 2}, num_hidden_groups=2)
-    hf_model = _noised(transformers.AlbertForPreTraining(config), seed=8)
+    hf_model = noised(transformers.AlbertForPreTraining(config), seed=8)
     directory = _save(hf_model, tmp_path / "unshared")
     _, params = convert.load_hf_albert(directory)
     assert set(params["encoder"]) == {"layers"}

@@ -11,6 +11,7 @@ import transformers  # noqa: E402
 
 from lmjax import convert, models  # noqa: E402
 from lmjax.models import bert  # noqa: E402
+from tests.hf_reference import noised  # noqa: E402
 
 TINY = dict(
     vocab_size=97,
@@ -22,19 +23,6 @@ TINY = dict(
     attn_implementation="eager",
 )
 TOL = 1e-4
-
-
-def _noised(model, seed):
-    """Puts noise on every parameter (LayerNorm gains 1 + noise) so no weight is at its init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = 0.1 * torch.randn(param.shape, generator=generator)
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
-                param.copy_(1.0 + noise)
-            else:
-                param.copy_(noise)
-    return model.eval()
 
 
 def _save(model, directory):
@@ -75,7 +63,7 @@ def _assert_close(ours, theirs, name):
 def bert_pretraining(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.BertConfig(**TINY, type_vocab_size=2, hidden_act="gelu")
-    model = _noised(transformers.BertForPreTraining(config), seed=1)
+    model = noised(transformers.BertForPreTraining(config), seed=1)
     return model, _save(model, tmp_path_factory.mktemp("bert_pretraining"))
 
 
@@ -88,7 +76,7 @@ def roberta_mlm(tmp_path_factory):
         pad_token_id=1,
         layer_norm_eps=1e-5,
     )
-    model = _noised(transformers.RobertaForMaskedLM(config), seed=2)
+    model = noised(transformers.RobertaForMaskedLM(config), seed=2)
     return model, _save(model, tmp_path_factory.mktemp("roberta_mlm"))
 
 
@@ -135,8 +123,8 @@ def test_parity_tolerance_tells_the_variants_apart(bert_pretraining):
 def test_bert_masked_lm_and_bare_model_match_hf(tmp_path):
     torch.manual_seed(3)
     config = transformers.BertConfig(**TINY, type_vocab_size=2)
-    mlm = _noised(transformers.BertForMaskedLM(config), seed=4)
-    encoder = _noised(transformers.BertModel(config), seed=5)
+    mlm = noised(transformers.BertForMaskedLM(config), seed=4)
+    encoder = noised(transformers.BertModel(config), seed=5)
     ids, mask, types = _batch(TINY["vocab_size"], pad_id=0, seed=1)
     inputs = dict(
         input_ids=torch.tensor(ids),
@@ -191,7 +179,7 @@ def test_roberta_bare_model_with_pooler_matches_hf(tmp_path):
     config = transformers.RobertaConfig(
         **{**TINY, "max_position_embeddings": 16}, type_vocab_size=1, pad_token_id=1
     )
-    model = _noised(transformers.RobertaModel(config), seed=7)
+    model = noised(transformers.RobertaModel(config), seed=7)
     ids, mask, _ = _batch(TINY["vocab_size"], pad_id=1, seed=3)
     with torch.no_grad():
         ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))

@@ -12,6 +12,7 @@ import transformers  # noqa: E402
 from lmjax import convert, models  # noqa: E402
 from lmjax.convert import hf_distilbert  # noqa: E402
 from lmjax.models import distilbert  # noqa: E402
+from tests.hf_reference import noised  # noqa: E402
 
 TINY = dict(
     vocab_size=97,
@@ -26,19 +27,6 @@ TINY = dict(
 TOL = 1e-4
 
 
-def _noised(model, seed):
-    """Noise on every parameter (LayerNorm gains 1 + noise) so no weight is at its init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = 0.1 * torch.randn(param.shape, generator=generator)
-            if "layer_norm.weight" in name or "LayerNorm.weight" in name:
-                param.copy_(1.0 + noise)
-            else:
-                param.copy_(noise)
-    return model.eval()
-
-
 def _batch(seed=0, lengths=(11, 7, 4), vocab=97):
     """Token ids with right padding (id 0) and the 1/0 attention mask, [3, 11]."""
     rng = np.random.default_rng(seed)
@@ -51,7 +39,7 @@ def _batch(seed=0, lengths=(11, 7, 4), vocab=97):
 @pytest.fixture(scope="module")
 def mlm_dir(tmp_path_factory):
     torch.manual_seed(0)
-    model = _noised(transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(**TINY)), 1)
+    model = noised(transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(**TINY)), 1)
     directory = tmp_path_factory.mktemp("distilbert_mlm")
     model.save_pretrained(directory, safe_serialization=True)
     return model, directory
@@ -106,7 +94,7 @@ def test_per_layer_hidden_states_match_hf(mlm_dir):
 
 def test_bare_model_converts_without_head(tmp_path):
     torch.manual_seed(0)
-    hf_model = _noised(transformers.DistilBertModel(transformers.DistilBertConfig(**TINY)), 2)
+    hf_model = noised(transformers.DistilBertModel(transformers.DistilBertConfig(**TINY)), 2)
     hf_model.save_pretrained(tmp_path, safe_serialization=True)
     ids, mask = _batch(seed=1)
     cfg = hf_distilbert.distilbert_model_config(tmp_path)

@@ -12,6 +12,7 @@ import transformers  # noqa: E402
 from lmjax import convert  # noqa: E402
 from lmjax.convert import hf_electra  # noqa: E402
 from lmjax.models import electra  # noqa: E402
+from tests.hf_reference import noised  # noqa: E402
 
 # embedding_size != hidden_size so embeddings_project is exercised in both networks.
 SHARED = dict(
@@ -26,16 +27,6 @@ DISCRIMINATOR = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=48)
 GENERATOR = dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12)
 TOL = 1e-4
-
-
-def _noised(model, seed):
-    """Noise on every parameter (LayerNorm gains 1 + noise) so no weight is at its init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = 0.1 * torch.randn(param.shape, generator=generator)
-            param.copy_(1.0 + noise if "LayerNorm.weight" in name else noise)
-    return model.eval()
 
 
 def _batch(vocab, seed=0, lengths=(11, 7, 4)):
@@ -62,7 +53,7 @@ def _assert_close(ours, theirs, mask, name):
 def discriminator_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.ElectraConfig(**SHARED, **DISCRIMINATOR)
-    model = _noised(transformers.ElectraForPreTraining(config), seed=1)
+    model = noised(transformers.ElectraForPreTraining(config), seed=1)
     directory = tmp_path_factory.mktemp("electra_discriminator")
     model.save_pretrained(directory, safe_serialization=True)
     return model, directory
@@ -72,7 +63,7 @@ def discriminator_dir(tmp_path_factory):
 def generator_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.ElectraConfig(**SHARED, **GENERATOR)
-    model = _noised(transformers.ElectraForMaskedLM(config), seed=2)
+    model = noised(transformers.ElectraForMaskedLM(config), seed=2)
     model.tie_weights()  # the decoder reads the (noised) word table, as lmjax's tied head does
     directory = tmp_path_factory.mktemp("electra_generator")
     model.save_pretrained(directory, safe_serialization=True)
