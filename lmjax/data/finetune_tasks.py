@@ -28,7 +28,7 @@ from lmjax.data.task_inputs import EncoderFormat, GPT1Format, encoder_inputs, gp
 from lmjax.data.tokenizers import Tokenizer
 
 __all__ = [
-    "EncodedSplit", "FinetuneTask", "load_task", "majority_share", "predictions_of",
+    "EncodedSplit", "FinetuneTask", "load_task", "predictions_of",
     "text_task_encoder",
 ]
 
@@ -102,12 +102,6 @@ def text_task_encoder(head: str, symmetric: bool, scorer: Scorer):
         return EncodedSplit(arrays, lambda outputs: scorer(predictions_of(head, outputs), labels))
 
     return encode
-
-
-def majority_share(labels: Sequence[int]) -> float:
-    """The share of the most frequent label: the accuracy of always guessing it."""
-    counts = collections.Counter(int(label) for label in labels)
-    return max(counts.values()) / max(1, len(labels))
 
 
 def _accuracy_scorer(train_labels: Sequence[int]) -> Scorer:
