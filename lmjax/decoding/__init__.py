@@ -1,7 +1,11 @@
-"""Decoding for lmjax decoder-only models: logits processors, the KV-cache step and ``generate``.
+"""Decoding for lmjax models: logits processors, the KV-cache step, ``generate``, beam search,
+encoder-decoder decoding and Meena's sample-and-rank.
 
 ``sampling``  pure, jittable processors (temperature, top-k, top-p) and token choosers.
 ``generate``  prefill + one jitted ``while_loop`` over new tokens with the model's KV cache.
+``beam_search``      beam search (t5x's GNMT penalty or Hugging Face's rules).
+``seq2seq``          the same loops for encoder-decoder models (T5, BART, Meena).
+``sample_and_rank``  Meena's N samples at temperature T, the most likely one kept.
 ``text``      strings in, strings out: ``generated_texts`` encodes, pads, generates and decodes.
 """
 
@@ -16,6 +20,8 @@ from lmjax.decoding.generate import (
     prefill_logits,
     prompt_positions,
 )
+from lmjax.decoding.beam_search import beam_search
+from lmjax.decoding.sample_and_rank import RankedSamples, sample_and_rank, seq2seq_sample_and_rank
 from lmjax.decoding.sampling import (
     MASKED_LOGIT,
     SamplingOptions,
@@ -28,6 +34,12 @@ from lmjax.decoding.sampling import (
     top_k_filtered_logits,
     top_p_filtered_logits,
 )
+from lmjax.decoding.seq2seq import (
+    ConditionedDecoder,
+    seq2seq_beam_search,
+    seq2seq_generate,
+    seq2seq_generate_with_scores,
+)
 from lmjax.decoding.text import (
     TextTokenizer,
     generated_texts,
@@ -37,6 +49,14 @@ from lmjax.decoding.text import (
 )
 
 __all__ = [
+    "ConditionedDecoder",
+    "RankedSamples",
+    "beam_search",
+    "sample_and_rank",
+    "seq2seq_beam_search",
+    "seq2seq_generate",
+    "seq2seq_generate_with_scores",
+    "seq2seq_sample_and_rank",
     "DecodeState",
     "MASKED_LOGIT",
     "SamplingOptions",

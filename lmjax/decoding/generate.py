@@ -1,6 +1,7 @@
 """Autoregressive generation with the KV cache of any lmjax decoder-only model.
 
-The pieces, each usable on its own (beam search, sample-and-rank and PPLM build on them):
+The pieces, each usable on its own (beam search, seq2seq decoding, sample-and-rank and PPLM build
+on them):
 
 * ``empty_cache``          the model's zeroed ``'cache'`` collection for [B, max_length].
 * ``prompt_positions``     position ids of left-padded prompts.
@@ -9,7 +10,9 @@ The pieces, each usable on its own (beam search, sample-and-rank and PPLM build 
 * ``emitted``              chooses a token from logits and records it (EOS / padding bookkeeping).
 * ``decoded_state``        prefill, then ONE ``lax.while_loop`` over new tokens (stops early when
                            every row has emitted EOS).
-* ``generate``             the jitted entry point: int32 [B, T + max_new_tokens].
+* ``generated_sequences_and_scores``  the jitted ``decoded_state`` (also given a ready cache: the
+                           encoder-decoder path of ``lmjax.decoding.seq2seq``).
+* ``generate``             the checked entry point: int32 [B, T + max_new_tokens].
 
 The model contract (see ``lmjax/models``): ``model.apply({'params': p, 'cache': c}, chunk,
 positions=..., segment_ids=..., decode=True, mutable=['cache'])`` writes the chunk's keys and values
@@ -208,6 +211,7 @@ def decoded_state(
     *,
     max_new_tokens: int,
     options: SamplingOptions,
+    cache: Optional[Cache] = None,
 ) -> DecodeState:
     """Prefills the prompts, then emits up to ``max_new_tokens`` tokens in one ``while_loop``.
 
@@ -225,12 +229,16 @@ def decoded_state(
       pad_id: int32 scalar token written after EOS (may be traced).
       max_new_tokens: N >= 1 (static).
       options: sampling options (static).
+      cache: the empty cache to prefill (T + max_new_tokens - 1 slots); None = ``empty_cache``.
+        Encoder-decoder decoding passes one that already holds the encoder output
+        (``lmjax.decoding.seq2seq``).
 
     Returns:
       The final ``DecodeState``.
     """
     batch, prompt_length = prompts.shape
-    cache = empty_cache(model, batch, prompt_length + max_new_tokens - 1)
+    if cache is None:
+        cache = empty_cache(model, batch, prompt_length + max_new_tokens - 1)
     logits, cache = prefill_logits(model, params, cache, prompts, prompt_mask)
     pad_tail = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)  # [B, N]
     state = DecodeState(
@@ -267,10 +275,16 @@ def decoded_state(
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "options"))
-def _generated_sequences_and_scores(
-    model, params, prompts, prompt_mask, key, temperature, eos_id, pad_id, *, max_new_tokens,
-    options,
+def generated_sequences_and_scores(
+    model, params, prompts, prompt_mask, key, temperature, eos_id, pad_id, cache=None, *,
+    max_new_tokens, options,
 ):
+    """The jitted ``decoded_state``: (int32 [B, T + N] sequences, float32 [B] log-probabilities).
+
+    Arguments as ``decoded_state`` (checked by the callers: ``generate_with_scores``,
+    ``lmjax.decoding.seq2seq``, ``lmjax.decoding.sample_and_rank``). Compiles once per (model,
+    shapes, max_new_tokens, options).
+    """
     state = decoded_state(
         model,
         params,
@@ -282,11 +296,23 @@ def _generated_sequences_and_scores(
         pad_id,
         max_new_tokens=max_new_tokens,
         options=options,
+        cache=cache,
     )
     return state.sequences, state.log_probs
 
 
-def _checked_prompt_mask(prompts, prompt_mask):
+def checked_cache_length(model: nn.Module, prompt_length: int, max_new_tokens: int) -> None:
+    """Raises ValueError when T + N - 1 cache slots exceed the model's ``config.max_len``."""
+    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    if max_len is not None and prompt_length + max_new_tokens - 1 > max_len:
+        raise ValueError(
+            f"prompt length {prompt_length} + max_new_tokens {max_new_tokens} - 1 exceeds the "
+            f"model's max_len={max_len} positions / cache slots; shorten the prompts or ask for "
+            "fewer new tokens."
+        )
+
+
+def checked_prompt_mask(prompts, prompt_mask):
     """Returns an int32 mask for ``prompts``; checks shapes and, when concrete, left padding."""
     if prompts.ndim != 2:
         raise ValueError(f"prompts must be int [B, T], got shape {prompts.shape}.")
@@ -313,6 +339,27 @@ def _checked_prompt_mask(prompts, prompt_mask):
     return (jnp.asarray(prompt_mask) != 0).astype(jnp.int32)
 
 
+def static_sampling_options(
+    greedy: bool, key: Optional[jax.Array], temperature, top_k: int, top_p: float
+) -> tuple[SamplingOptions, Any, Optional[jax.Array]]:
+    """Returns (static ``SamplingOptions``, the temperature to trace, the key to use).
+
+    The temperature is kept out of the static options so that a jitted caller does not recompile
+    per temperature; greedy decoding drops the key and the temperature.
+
+    Raises:
+      ValueError: sampling without a key, or a bad temperature / top_k / top_p.
+    """
+    if greedy:
+        return SamplingOptions(greedy=True), 1.0, None
+    if key is None:
+        raise ValueError("generate needs a PRNG key to sample; pass key=... or greedy=True.")
+    # Validates top_k / top_p / a concrete temperature; the temperature itself stays dynamic.
+    concrete = temperature if isinstance(temperature, (int, float)) else 1.0
+    SamplingOptions(temperature=concrete, top_k=int(top_k), top_p=float(top_p))
+    return SamplingOptions(top_k=int(top_k), top_p=float(top_p)), temperature, key
+
+
 def generate_with_scores(
     model: nn.Module,
     params: Params,
@@ -334,29 +381,14 @@ def generate_with_scores(
       log-probabilities of the emitted non-pad tokens, EOS included).
     """
     prompts = jnp.asarray(prompts, jnp.int32)
-    prompt_mask = _checked_prompt_mask(prompts, prompt_mask)
+    prompt_mask = checked_prompt_mask(prompts, prompt_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
     if max_new_tokens == 0:
         return prompts, jnp.zeros((prompts.shape[0],), jnp.float32)
-    max_len = getattr(getattr(model, "config", None), "max_len", None)
-    if max_len is not None and prompts.shape[1] + max_new_tokens - 1 > max_len:
-        raise ValueError(
-            f"prompt length {prompts.shape[1]} + max_new_tokens {max_new_tokens} - 1 exceeds the "
-            f"model's max_len={max_len} positions / cache slots; shorten the prompt or generate "
-            "fewer tokens."
-        )
-    if greedy:
-        options = SamplingOptions(greedy=True)
-        temperature, key = 1.0, None
-    else:
-        if key is None:
-            raise ValueError("generate needs a PRNG key to sample; pass key=... or greedy=True.")
-        # Validates top_k / top_p / a concrete temperature; the temperature itself stays dynamic.
-        concrete = temperature if isinstance(temperature, (int, float)) else 1.0
-        SamplingOptions(temperature=concrete, top_k=int(top_k), top_p=float(top_p))
-        options = SamplingOptions(top_k=int(top_k), top_p=float(top_p))
-    return _generated_sequences_and_scores(
+    checked_cache_length(model, prompts.shape[1], max_new_tokens)
+    options, temperature, key = static_sampling_options(greedy, key, temperature, top_k, top_p)
+    return generated_sequences_and_scores(
         model,
         params,
         prompts,

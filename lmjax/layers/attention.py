@@ -153,6 +153,9 @@ class MultiHeadAttention(nn.Module):
       param_dtype: the storage dtype.
       return_scores: also return the pre-softmax scores float32 [B, H, Lq, Lk] (unmasked; see
         ``attention_scores``): ``__call__`` then returns ``(out, scores)``.
+      query_kernel_init: initialiser of the query kernel alone (default ``kernel_init``); T5
+        folds the ``1/sqrt(D)`` logit scale into it (``t5x/examples/t5/layers.py``
+        ``MultiHeadDotProductAttention``: ``query_init = kernel_init / sqrt(head_dim)``).
     """
 
     num_heads: int
@@ -167,6 +170,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     return_scores: bool = False
+    query_kernel_init: Initializer | None = None
 
     @nn.compact
     def __call__(
@@ -211,7 +215,8 @@ class MultiHeadAttention(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        query = DenseGeneral(name="query", **projection)(inputs_q)  # [B, Lq, H, D]
+        query_projection = dict(projection, kernel_init=self.query_kernel_init or self.kernel_init)
+        query = DenseGeneral(name="query", **query_projection)(inputs_q)  # [B, Lq, H, D]
         key = DenseGeneral(name="key", **projection)(inputs_kv)  # [B, Lk, H, D]
         value = DenseGeneral(name="value", **projection)(inputs_kv)  # [B, Lk, H, D]
         query = nn.with_logical_constraint(query, _HEAD_AXES)

@@ -87,6 +87,7 @@ class BlockConfig:
       bias_init: initialiser of biases.
       dtype: compute dtype.
       param_dtype: storage dtype.
+      query_kernel_init: initialiser of the attention query kernels (default ``kernel_init``).
     """
 
     num_heads: int
@@ -107,6 +108,7 @@ class BlockConfig:
     bias_init: Initializer = nn.initializers.zeros_init()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    query_kernel_init: Initializer | None = None
 
     def __post_init__(self) -> None:
         if self.norm_placement not in NORM_PLACEMENTS:
@@ -178,6 +180,7 @@ class TransformerBlock(nn.Module):
             bias_init=cfg.bias_init,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            query_kernel_init=cfg.query_kernel_init,
             name=name,
             **extra,
         )

@@ -36,6 +36,9 @@ FAMILIES: dict[str, str] = {
     "tinybert": "lmjax.models.tinybert",
     "teacher_student": "lmjax.models.teacher_student",
     "task": "lmjax.models.heads",
+    "t5": "lmjax.models.t5",
+    "bart": "lmjax.models.bart",
+    "meena": "lmjax.models.meena",
 }
 
 

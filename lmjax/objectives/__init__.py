@@ -83,6 +83,16 @@ def _distillation(kind: str) -> Callable[..., Objective]:
     return factory
 
 
+def _seq2seq(module: str, factory_name: str) -> Callable[..., Objective]:
+    def factory(**options: Any) -> Objective:
+        import importlib
+
+        built = getattr(importlib.import_module(f"lmjax.objectives.{module}"), factory_name)
+        return built(**options)
+
+    return factory
+
+
 def _task(head: str) -> Callable[..., Objective]:
     def factory(*, model_inputs: Any, lm_coef: float = 0.0) -> Objective:
         from lmjax.objectives import task_losses
@@ -103,6 +113,11 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "distilbert": _distillation("distilbert"),
     "tinybert_intermediate": _distillation("tinybert_intermediate"),
     "tinybert_prediction": _distillation("tinybert_prediction"),
+    # Encoder-decoder denoising (T5 span corruption and prefix LM; BART's fairseq noises). Their
+    # vocabulary options (sentinel / eos / pad / mask ids) are set by the caller for now.
+    "span_corruption": _seq2seq("span_corruption", "span_corruption_objective"),
+    "prefix_lm": _seq2seq("prefix_lm", "prefix_lm_objective"),
+    "bart_denoising": _seq2seq("bart_denoising", "bart_denoising_objective"),
     # Fine-tuning heads (lmjax.models.heads); options model_inputs (required) and lm_coef.
     "classification": _task("classification"),
     "regression": _task("regression"),
