@@ -20,7 +20,6 @@ from lmjax.decoding.generate import (
     prefill_logits,
     prompt_positions,
 )
-from lmjax.decoding.beam_search import beam_search
 from lmjax.decoding.sample_and_rank import RankedSamples, sample_and_rank, seq2seq_sample_and_rank
 from lmjax.decoding.sampling import (
     MASKED_LOGIT,
@@ -51,7 +50,6 @@ from lmjax.decoding.text import (
 __all__ = [
     "ConditionedDecoder",
     "RankedSamples",
-    "beam_search",
     "sample_and_rank",
     "seq2seq_beam_search",
     "seq2seq_generate",
